@@ -1,0 +1,80 @@
+// Every op of torch_manualbp, declared once; the kernels register per backend (CPU: csrc/*.cpp,
+// CUDA: csrc/cuda/*.cu), fake kernels in torch_manualbp/_fake.py, autograd in torch_manualbp/functions.py.
+// Also the Python module torch_manualbp._C, which only reports how this build runs.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "cpu/dispatch.h"
+
+TORCH_LIBRARY(torch_manualbp, m) {
+  // y = sigmoid(input @ weight^T + bias); bias None, (out,) or any shape broadcasting to the output.
+  m.def("linear_sigmoid_forward(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  // (grad_input, grad_weight, grad_bias) from the saved output; the ones output_mask leaves out are
+  // empty tensors. bias_sizes: the bias's shape (its gradient comes back in it), None without a bias.
+  m.def(
+      "linear_sigmoid_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor output, "
+      "SymInt[]? bias_sizes, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // (loss, logsumexp, normalizer): loss as F.cross_entropy returns it; logsumexp per position
+  // (input's shape without the class dim, float32 for float16/bfloat16 input); normalizer a 0-dim
+  // tensor the loss was divided by (the total target weight or count for 'mean', 1 otherwise).
+  m.def(
+      "softmax_cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, str reduction, "
+      "SymInt ignore_index, float label_smoothing) -> (Tensor, Tensor, Tensor)");
+  // (grad_input, grad_target): grad_target only for probability targets and when output_mask[1];
+  // what output_mask leaves out is an empty tensor.
+  m.def(
+      "softmax_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
+      "Tensor logsumexp, Tensor normalizer, str reduction, SymInt ignore_index, float label_smoothing, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
+}
+
+namespace {
+
+// The number of distinct threads that actually run an at::parallel_for body: shows that the kernels were
+// built with OpenMP (without -fopenmp at::parallel_for silently runs on one thread).
+int64_t kernel_threads_used() {
+  std::mutex mutex;
+  std::set<std::thread::id> threads;
+  at::parallel_for(0, 4096, 1, [&](int64_t, int64_t) {
+    volatile double sink = 0;
+    for (int i = 0; i < 200000; ++i) sink = sink + i;
+    std::lock_guard<std::mutex> lock(mutex);
+    threads.insert(std::this_thread::get_id());
+  });
+  return static_cast<int64_t>(threads.size());
+}
+
+bool built_with_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool built_with_cuda() {
+#ifdef TORCH_MANUALBP_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "torch_manualbp compiled ops (registered under torch.ops.torch_manualbp)";
+  module.def("kernel_threads_used", &kernel_threads_used,
+             "Distinct threads that ran one at::parallel_for of the CPU kernels");
+  module.def("built_with_openmp", &built_with_openmp);
+  module.def("built_with_cuda", &built_with_cuda);
+  module.def(
+      "cpu_simd_level", [] { return std::string(torch_manualbp::cpu::simd_level_name(torch_manualbp::cpu::simd_level())); },
+      "The SIMD level whose CPU kernels run in this process (DEFAULT, AVX2 or AVX512)");
+}
