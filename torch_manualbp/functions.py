@@ -128,7 +128,9 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, grad_logsumexp, grad_normalizer):
         input, target, weight, logsumexp, normalizer = ctx.saved_tensors
-        need_input, need_target = ctx.needs_input_grad[:2]
+        need_input, need_target, need_weight = ctx.needs_input_grad[:3]
+        if need_weight:  # as torch's nll_loss: class weights are constants
+            raise RuntimeError("softmax_cross_entropy: the derivative for 'weight' is not implemented")
         if not (need_input or need_target):
             return None, None, None, None, None, None
         grad_input, grad_target = _ops.softmax_cross_entropy_backward.default(
@@ -155,7 +157,7 @@ def _softmax_cross_entropy_coefficients(input, target, weight, ignore_index, lab
     weight_shape = [1] * input.dim()
     weight_shape[class_dim] = classes
     w = (torch.ones(classes, dtype=input.dtype, device=input.device) if weight is None else weight).view(weight_shape)
-    if target.shape == input.shape and target.is_floating_point():
+    if target.shape == input.shape:  # class probabilities (the C++ checks made sure they are floating)
         a = w * ((1 - eps) * target + eps / classes)
     else:
         index = target.long().unsqueeze(class_dim)
@@ -189,7 +191,7 @@ def _softmax_cross_entropy_backward_backward(ctx, grad_grad_input, grad_grad_tar
     grad_loss, input, target, weight, normalizer = ctx.saved_tensors
     class_dim = 0 if input.dim() == 1 else 1
     eps = ctx.label_smoothing
-    probability = target.shape == input.shape and target.is_floating_point()
+    probability = target.shape == input.shape
     a, A, class_weight = _softmax_cross_entropy_coefficients(input, target, weight, ctx.ignore_index, eps)
     log_y = torch.log_softmax(input, class_dim)
     y = log_y.exp()
