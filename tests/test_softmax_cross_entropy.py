@@ -143,13 +143,20 @@ def test_non_contiguous_inputs():
 
 
 def test_long_rows_online_max_grows_across_blocks():
-    """Rows longer than one block whose max grows from block to block: the running sum is rescaled."""
-    x = torch.linspace(-30, 30, 7000).repeat(3, 1) + torch.randn(3, 7000) * 0.1
+    """Rows longer than one block whose max grows from block to block (the running sum is rescaled), or
+    jumps far above the reference the block's exponentials were taken against (they are redone)."""
+    x = torch.linspace(-30, 30, 7000).repeat(5, 1) + torch.randn(5, 7000) * 0.1
     x[1] = x[1].flip(0)
     x[2, 5000:] = float("-inf")
-    target = torch.tensor([6999, 3, 17])
-    assert_matches_torch(x.double(), target, None, dict(rtol=1e-12, atol=1e-12), label_smoothing=0.2)
-    assert_matches_torch(x, target, torch.rand(7000), TOL[torch.float32], reduction="none", label_smoothing=0.2)
+    x[3, 100], x[3, 4000] = 80.0, 200.0  # maxima far above the first element and the running max
+    x[3, :3000:7] = float("-inf")
+    x[4, :2500] = float("-inf")  # a first block with nothing finite
+    target = torch.tensor([6999, 3, 17, 100, 4000])
+    for smoothing in (0.0, 0.2):
+        assert_matches_torch(x.double(), target, None, dict(rtol=1e-12, atol=1e-12), reduction="none", label_smoothing=smoothing)
+        assert_matches_torch(x, target, torch.rand(7000), TOL[torch.float32], reduction="none", label_smoothing=smoothing)
+    probs = torch.rand(5, 7000, dtype=torch.float64)
+    assert_matches_torch(x.double()[:2], probs[:2], None, dict(rtol=1e-12, atol=1e-12), reduction="none")
 
 
 def test_uint8_targets_and_ignore_index_inside_the_class_range():
