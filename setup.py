@@ -222,4 +222,7 @@ write_build_config()
 setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": SimdBuildExtension.with_options(use_ninja=True)},
+    # One build folder per torch: `make test` (CPU torch) and `make cuda-build` (CUDA torch) build from the same
+    # checkout, and each keeps its objects instead of recompiling the other's away.
+    options={"build": {"build_base": os.path.join("build", "torch-" + torch.__version__)}},
 )
