@@ -205,7 +205,7 @@ def write_build_config():
         "cuda": WITH_CUDA,
         "cuda_version": torch.version.cuda if WITH_CUDA else None,
         "cuda_home": CUDA_HOME if WITH_CUDA else None,
-        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if WITH_CUDA else None,
+        "cuda_arch_list": (os.environ.get("TORCH_CUDA_ARCH_LIST") or "the visible GPUs'") if WITH_CUDA else None,
         "simd_levels": [name for name, _ in SIMD_LEVELS],
         "cxx_flags": cxx_flags,
         "link_flags": link_flags,
