@@ -9,7 +9,7 @@ Agreement means within torch_manualbp's tolerance for the dtype (torch_manualbp/
 """
 import torch
 
-from torch_manualbp._tolerances import allowed_difference, max_abs_difference
+from torch_manualbp._tolerances import agrees, allowed_difference, max_abs_difference
 
 NUMBER_WIDTH = 12
 
@@ -52,9 +52,9 @@ class GradientReport:
                 continue
             difference = max_abs_difference(value, autograd)
             self.largest = max(self.largest, difference)
-            verdict = "ok" if difference <= allowed else "DISAGREE"
+            verdict = "ok" if agrees(difference, allowed) else "DISAGREE"
             print(f"max |{label} - autograd| = {difference:.2e}   (allowed {allowed:.1e})  {verdict}")
-            if difference > allowed:
+            if not agrees(difference, allowed):
                 self.failures.append(f"{name} ({label})")
 
     def finish(self):
