@@ -18,7 +18,9 @@ from torch_manualbp import _C, _check_cases
 from torch_manualbp.__main__ import main
 from torch_manualbp.functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DOCS = ROOT / "docs" / "cli.md"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("ex*_*.py"))
 
 
@@ -52,7 +54,7 @@ def test_help_lists_every_command(capsys):
 @pytest.mark.parametrize(
     "command, options",
     [
-        ("demo", ["--steps", "--seed", "--device", "--dtype", "--plot"]),
+        ("demo", ["--steps", "--seed", "--device", "--dtype", "--plot", "--threads"]),
         ("check", ["--device", "--op"]),
         ("info", []),
         ("bench", []),
@@ -235,3 +237,20 @@ def test_example_fails_when_a_backward_is_wrong(capsys, monkeypatch):
     text = capsys.readouterr().out
     assert "DISAGREE" in text
     assert "FAILED: gradients disagree with autograd for" in text
+
+
+# ---- docs -------------------------------------------------------------------------------------------
+def test_docs_name_real_files_and_functions():
+    """Every `file` | `function` pair in the tables of docs/cli.md exists in the source."""
+    text = DOCS.read_text()
+    rows = re.findall(
+        r"^\|.*\|\s*`((?:csrc|torch_manualbp)/[^`]+)`\s*\|\s*((?:`\w+`(?:,\s*)?)+)\s*\|$", text, re.MULTILINE
+    )
+    assert len(rows) >= 15
+    for path, names in rows:
+        source = (ROOT / path).read_text()
+        for name in re.findall(r"`(\w+)`", names):
+            assert re.search(rf"\b{name}\b", source), f"{name} not in {path}"
+    for example in set(re.findall(r"`(examples/\w+\.py)`", text)):
+        assert (ROOT / example).is_file(), example
+    assert {f"examples/{path.name}" for path in EXAMPLE_FILES} <= set(re.findall(r"`(examples/\w+\.py)`", text))
