@@ -63,14 +63,15 @@ def _linear_sigmoid_backward_backward(ctx, grad_grad_input, grad_grad_weight, gr
     """
     grad_output, input, weight, output = ctx.saved_tensors
     want_input, want_weight, want_bias = ctx.output_mask
-    rows_shape = (-1, weight.shape[0])
-    x2d = input.reshape(-1, weight.shape[1])
+    rows = input.shape[:-1].numel()  # explicit: reshape(-1, 0) is ambiguous when a feature count is 0
+    rows_shape = (rows, weight.shape[0])
+    x2d = input.reshape(rows, weight.shape[1])
     dy = grad_output.expand(output.shape)
     dz = (dy * output * (1 - output)).reshape(rows_shape)
     grad_dz = torch.zeros_like(dz)
     grad_x = grad_w = None
     if want_input and grad_grad_input is not None:
-        ggx = grad_grad_input.reshape(-1, weight.shape[1])
+        ggx = grad_grad_input.reshape(rows, weight.shape[1])
         grad_dz = grad_dz + ggx @ weight.t()
         grad_w = dz.t() @ ggx
     if want_weight and grad_grad_weight is not None:

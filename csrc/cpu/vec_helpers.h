@@ -27,16 +27,13 @@ constexpr int64_t kConvertChunk = 256;
 template <typename T>
 constexpr bool is_reduced_v = !std::is_same_v<T, at::opmath_type<T>>;
 
-// sigmoid(z) without overflow: e = exp(-|z|) lies in (0, 1], and
-//   sigmoid(z) = 1 / (1 + e)  for z >= 0,      e / (1 + e)  for z < 0,
-// which keeps full relative precision in the lower tail and saturates exactly (z = +-100 gives 1 and ~0).
-// NaN stays NaN.
+// sigmoid(z) = 1 / (1 + exp(-z)), with ATen's own formula and exp, so that y matches torch.sigmoid: exp(-z)
+// overflowing to inf (z < -88.7 in float32) gives exactly 0, exp(-z) vanishing gives exactly 1, NaN stays
+// NaN. (exp(-|z|) with a blend instead returns denormals down to z = -104 where torch gives 0.)
 template <typename acc_t>
 inline Vectorized<acc_t> stable_sigmoid(const Vectorized<acc_t>& z) {
   const Vectorized<acc_t> one(acc_t(1));
-  const Vectorized<acc_t> e = z.abs().neg().exp();
-  const Vectorized<acc_t> upper = one / (one + e);
-  return Vectorized<acc_t>::blendv(upper, e * upper, z < Vectorized<acc_t>(acc_t(0)));
+  return one / (one + z.neg().exp());
 }
 
 }  // namespace torch_manualbp::cpu::CPU_CAPABILITY
