@@ -1,6 +1,9 @@
 """The functional API: argument normalisation, then the autograd.Function of each layer."""
+import torch
+
+from ._autocast import LOWER_PRECISION, cast_for_autocast
 from ._checks import check_tensor
-from .functions import LinearSigmoidFunction
+from .functions import LinearSigmoidFunction, apply
 
 __all__ = ["linear_sigmoid"]
 
@@ -15,9 +18,11 @@ def linear_sigmoid(input, weight, bias=None):
             (e.g. a per-sample ``(N, out_features)``); its gradient comes back in its own shape.
 
     Returns:
-        ``(*, out_features)``, the dtype of ``input``.
+        ``(*, out_features)``, the dtype of ``input``; under ``torch.autocast`` the autocast dtype, as
+        ``F.linear`` (float64 is never cast).
     """
     check_tensor("linear_sigmoid", "input", input)
     check_tensor("linear_sigmoid", "weight", weight)
     check_tensor("linear_sigmoid", "bias", bias, optional=True)
-    return LinearSigmoidFunction.apply(input, weight, bias)
+    input, weight, bias = cast_for_autocast(LOWER_PRECISION, input.device.type, input, weight, bias)
+    return apply(LinearSigmoidFunction, torch.ops.torch_manualbp.linear_sigmoid_forward.default, input, weight, bias)
