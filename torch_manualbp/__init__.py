@@ -11,13 +11,15 @@ from . import _fake  # noqa: F401  (fake kernels for torch.compile / export)
 from . import _vmap  # noqa: F401  (batching rules for torch.vmap / torch.func)
 from . import _autocast  # noqa: F401  (autocast kernels of the ops)
 from . import functional
-from .functions import LinearSigmoidFunction
-from .modules import LinearSigmoid
+from .functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
+from .modules import LinearSigmoid, SoftmaxCrossEntropyLoss
 from .version import __version__
 
 __all__ = [
     "LinearSigmoid",
     "LinearSigmoidFunction",
+    "SoftmaxCrossEntropyFunction",
+    "SoftmaxCrossEntropyLoss",
     "functional",
     "__version__",
 ]

@@ -191,9 +191,218 @@ class LinearSigmoidBackwardFunction(torch.autograd.Function):
         return grad_input_tangent, grad_weight_tangent, grad_bias_tangent
 
 
+class SoftmaxCrossEntropyFunction(torch.autograd.Function):
+    """F.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing), fused.
+
+    ``apply(input, target, weight, reduction, ignore_index, label_smoothing)`` (the order of the op
+    softmax_cross_entropy_forward) returns ``(loss, logsumexp, normalizer)``; only ``loss`` is
+    differentiable (with respect to ``input``, and to ``target`` when it holds class probabilities).
+
+    Backward (csrc/softmax_cross_entropy.cpp), per position i, from the saved logsumexp:
+        grad_input  = g_i (softmax(x_i) A_i - a_i)      grad_target = g_i (1 - eps) w (lse_i - x_i)
+    with a_i the weighted, smoothed target distribution, A_i its sum and g_i = grad_loss / normalizer.
+    Forward-mode (jvp), with tangents x' and (probability targets) p', y = softmax(x), <.,.> over classes:
+        loss_i' = (<y A_i - a_i, x_i'> + (1 - eps) <w p_i', lse_i - x_i>) / normalizer, reduced as the loss
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, target, weight, reduction, ignore_index, label_smoothing):
+        return _ops.softmax_cross_entropy_forward.default(
+            input, target, weight, reduction, ignore_index, label_smoothing
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, weight, reduction, ignore_index, label_smoothing = inputs
+        _, logsumexp, normalizer = output
+        ctx.mark_non_differentiable(logsumexp, normalizer)
+        # References to the inputs and one value per position: nothing of the logits' size is created.
+        ctx.save_for_backward(input, target, weight, logsumexp, normalizer)
+        ctx.save_for_forward(input, target, weight, logsumexp, normalizer)
+        ctx.reduction = reduction
+        ctx.ignore_index = ignore_index
+        ctx.label_smoothing = label_smoothing
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_logsumexp, grad_normalizer):
+        input, target, weight, logsumexp, normalizer = ctx.saved_tensors
+        need_input, need_target = ctx.needs_input_grad[:2]
+        if not (need_input or need_target):
+            return None, None, None, None, None, None
+        options = (ctx.reduction, ctx.ignore_index, ctx.label_smoothing, [need_input, need_target])
+        grad_input, grad_target = SoftmaxCrossEntropyBackwardFunction.apply(
+            grad_loss, input, target, weight, logsumexp, normalizer, NonTensorArgs(options)
+        )
+        return (
+            grad_input if need_input else None,
+            grad_target if need_target else None,
+            None, None, None, None,
+        )
+
+    @staticmethod
+    def jvp(ctx, input_tangent, target_tangent, *_):
+        input, target, weight, logsumexp, normalizer = ctx.saved_tensors
+        class_dim = 0 if input.dim() == 1 else 1
+        eps = ctx.label_smoothing
+        a, A, class_weight = _softmax_cross_entropy_coefficients(input, target, weight, ctx.ignore_index, eps)
+        lse_minus_x = logsumexp.unsqueeze(class_dim).to(input.dtype) - input
+        per_class = torch.zeros_like(input)
+        if input_tangent is not None:
+            per_class = per_class + ((-lse_minus_x).exp() * A - a) * input_tangent
+        if target_tangent is not None and _is_probability_target(input, target):
+            per_class = per_class + (1 - eps) * class_weight * target_tangent * lse_minus_x
+        per_position = per_class.sum(class_dim) / normalizer.to(input.dtype)
+        loss_tangent = per_position if ctx.reduction == "none" else per_position.sum()
+        return loss_tangent, None, None
+
+
+def _is_probability_target(input, target):
+    return target.shape == input.shape and target.is_floating_point()
+
+
+def _softmax_cross_entropy_coefficients(input, target, weight, ignore_index, label_smoothing):
+    """(a, A, w): a of the input's shape with loss_i = sum_c a_c (lse - x_c), A = a summed over the class
+    dim (kept), and the class weights w broadcastable along the class dim (ones without weight).
+
+    Index targets: a_c = w_c ((1 - eps) [c == t] + eps / C), zero at ignored positions.
+    Probability targets: a_c = w_c q_c, q = (1 - eps) p + eps / C (differentiable in p).
+    """
+    class_dim = 0 if input.dim() == 1 else 1
+    classes = input.shape[class_dim]
+    eps = label_smoothing
+    weight_shape = [1] * input.dim()
+    weight_shape[class_dim] = classes
+    w = (torch.ones(classes, dtype=input.dtype, device=input.device) if weight is None else weight).view(weight_shape)
+    if _is_probability_target(input, target):
+        a = w * ((1 - eps) * target + eps / classes)
+    else:
+        index = target.long().unsqueeze(class_dim)
+        kept = index != ignore_index
+        index = torch.where(kept, index, 0)
+        one_hot = torch.zeros_like(input).scatter(class_dim, index, 1.0)
+        a = w * ((1 - eps) * one_hot + eps / classes) * kept
+    return a, a.sum(class_dim, keepdim=True), w
+
+
+class SoftmaxCrossEntropyBackwardFunction(torch.autograd.Function):
+    """(grad_input, grad_target) = softmax_cross_entropy_backward(grad_loss, x, p, ...), differentiable in
+    grad_loss, x and (probability targets) p. logsumexp is taken as the function of x it is.
+
+    With y = softmax(x) (lse is a function of x: d lse / d x = y), g = grad_loss / normalizer per
+    position, GI = grad_grad_input, GT = grad_grad_target, <.,.> sums over the class dim:
+        grad_input  = g (y A - a)                  grad_target = g (1 - eps) w (lse - x)
+        d/d grad_loss = (<GI, y A - a> + <GT, (1 - eps) w (lse - x)>) / normalizer   (summed to its shape)
+        d/d x         = g A y (GI - <GI, y>)  +  g (1 - eps) (y <GT, w> - GT w)
+        d/d p         = g (1 - eps) w (<GI, y> - GI)           (probability targets: A, a depend on p)
+    Forward-mode, with tangents g' = grad_loss' / normalizer, x', p' (a' = (1 - eps) w p', A' its sum):
+        y'            = y (x' - <y, x'>)
+        grad_input'   = g' (y A - a) + g (y' A + y A' - a')
+        grad_target'  = g' (1 - eps) w (lse - x) + g (1 - eps) w (<y, x'> - x')
+    Built from differentiable torch ops, so higher derivatives exist as well.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_loss, input, target, weight, logsumexp, normalizer, non_tensor_args):
+        return _ops.softmax_cross_entropy_backward.default(
+            grad_loss, input, target, weight, logsumexp, normalizer, *non_tensor_args.values
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_loss, input, target, weight, logsumexp, normalizer, non_tensor_args = inputs
+        ctx.save_for_backward(grad_loss, input, target, weight, normalizer)
+        ctx.save_for_forward(grad_loss, input, target, weight, normalizer)
+        ctx.reduction, ctx.ignore_index, ctx.label_smoothing, ctx.output_mask = non_tensor_args.values
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def _per_position_grad(ctx, grad_loss, normalizer, class_dim):
+        """grad_loss / normalizer, broadcastable against the input."""
+        g = grad_loss / normalizer
+        return g.unsqueeze(class_dim) if ctx.reduction == "none" else g
+
+    @staticmethod
+    def backward(ctx, grad_grad_input, grad_grad_target):
+        grad_loss, input, target, weight, normalizer = ctx.saved_tensors
+        class_dim = 0 if input.dim() == 1 else 1
+        eps = ctx.label_smoothing
+        probability = _is_probability_target(input, target)
+        a, A, class_weight = _softmax_cross_entropy_coefficients(input, target, weight, ctx.ignore_index, eps)
+        log_y = torch.log_softmax(input, class_dim)
+        y = log_y.exp()
+        g = SoftmaxCrossEntropyBackwardFunction._per_position_grad(ctx, grad_loss, normalizer, class_dim)
+        per_position = torch.zeros_like(input)
+        grad_x = torch.zeros_like(input)
+        grad_p = None
+        if ctx.output_mask[0] and grad_grad_input is not None:
+            gi_dot_y = (grad_grad_input * y).sum(class_dim, keepdim=True)
+            per_position = per_position + grad_grad_input * (y * A - a)
+            grad_x = grad_x + g * A * y * (grad_grad_input - gi_dot_y)
+            if probability:
+                grad_p = g * (1 - eps) * class_weight * (gi_dot_y - grad_grad_input)
+        if probability and ctx.output_mask[1] and grad_grad_target is not None:
+            gt_w = grad_grad_target * class_weight
+            per_position = per_position + gt_w * (1 - eps) * (-log_y)
+            grad_x = grad_x + g * (1 - eps) * (y * gt_w.sum(class_dim, keepdim=True) - gt_w)
+        per_position = per_position.sum(class_dim) / normalizer
+        grad_grad_loss = per_position if ctx.reduction == "none" else per_position.sum()
+        return grad_grad_loss, grad_x, grad_p, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, grad_loss_tangent, input_tangent, target_tangent, *_):
+        grad_loss, input, target, weight, normalizer = ctx.saved_tensors
+        class_dim = 0 if input.dim() == 1 else 1
+        eps = ctx.label_smoothing
+        probability = _is_probability_target(input, target)
+        a, A, class_weight = _softmax_cross_entropy_coefficients(input, target, weight, ctx.ignore_index, eps)
+        log_y = torch.log_softmax(input, class_dim)
+        y = log_y.exp()
+        g = SoftmaxCrossEntropyBackwardFunction._per_position_grad(ctx, grad_loss, normalizer, class_dim)
+        input_part = torch.zeros_like(input)  # the tangent of (y A - a)
+        target_part = torch.zeros_like(input)  # the tangent of (lse - x)
+        if input_tangent is not None:
+            y_dot_tangent = (y * input_tangent).sum(class_dim, keepdim=True)
+            input_part = input_part + y * (input_tangent - y_dot_tangent) * A
+            target_part = target_part + y_dot_tangent - input_tangent
+        if probability and target_tangent is not None:
+            a_tangent = (1 - eps) * class_weight * target_tangent
+            input_part = input_part + y * a_tangent.sum(class_dim, keepdim=True) - a_tangent
+        g_tangent = None
+        if grad_loss_tangent is not None:
+            g_tangent = SoftmaxCrossEntropyBackwardFunction._per_position_grad(
+                ctx, grad_loss_tangent, normalizer, class_dim
+            )
+        grad_input_tangent = grad_target_tangent = None
+        if ctx.output_mask[0]:
+            grad_input_tangent = g * input_part
+            if g_tangent is not None:
+                grad_input_tangent = grad_input_tangent + g_tangent * (y * A - a)
+        if probability and ctx.output_mask[1]:
+            grad_target_tangent = g * (1 - eps) * class_weight * target_part
+            if g_tangent is not None:
+                grad_target_tangent = grad_target_tangent + g_tangent * (1 - eps) * class_weight * (-log_y)
+        nothing = input.new_empty((0,))
+        return (
+            nothing if grad_input_tangent is None else grad_input_tangent,
+            nothing if grad_target_tangent is None else grad_target_tangent,
+        )
+
+
 torch.library.register_autograd(
     "torch_manualbp::linear_sigmoid_forward",
     LinearSigmoidFunction.backward,
     setup_context=LinearSigmoidFunction.setup_context,
 )
 register_backward_op_autograd("torch_manualbp::linear_sigmoid_backward", LinearSigmoidBackwardFunction, 4)
+torch.library.register_autograd(
+    "torch_manualbp::softmax_cross_entropy_forward",
+    SoftmaxCrossEntropyFunction.backward,
+    setup_context=SoftmaxCrossEntropyFunction.setup_context,
+)
+register_backward_op_autograd(
+    "torch_manualbp::softmax_cross_entropy_backward", SoftmaxCrossEntropyBackwardFunction, 6
+)
