@@ -111,3 +111,83 @@ def test_linear_sigmoid_backward_broadcast_grad_output(dtype):
     grad_output = torch.randn(5, dtype=dtype, requires_grad=True)
     args = (grad_output, input, weight, output.requires_grad_(), [5], [True, True, True])
     torch.library.opcheck(ops.linear_sigmoid_backward.default, args)
+
+
+# (input shape, target kind, reduction, weight, ignore_index, label_smoothing)
+SOFTMAX_CROSS_ENTROPY_CASES = [
+    ((4, 5), "index", "mean", False, -100, 0.0),
+    ((4, 5), "index", "sum", True, 2, 0.1),
+    ((4, 5), "index", "none", True, -100, 0.0),
+    ((4, 5), "probability", "mean", True, -100, 0.2),
+    ((4, 5), "probability", "none", False, -100, 0.0),
+    ((5,), "index", "mean", True, -100, 0.1),  # one position, no batch dim
+    ((5,), "probability", "sum", False, -100, 0.0),
+    ((2, 5, 3, 2), "index", "mean", True, 1, 0.0),  # (N, C, d1, d2)
+    ((2, 5, 3), "probability", "none", True, -100, 0.3),
+    ((2, 5, 3), "uint8", "sum", False, -100, 0.0),
+    ((0, 5), "index", "sum", False, -100, 0.0),  # an empty batch
+    ((0, 5), "probability", "none", True, -100, 0.0),
+    ((2, 5, 0), "index", "none", False, -100, 0.0),
+]
+CE_OUTPUT_MASKS = [[True, True], [True, False], [False, True], [False, False]]
+
+
+def _softmax_cross_entropy_forward_args(case, dtype, requires_grad, contiguous):
+    shape, kind, reduction, has_weight, ignore_index, label_smoothing = case
+    class_dim = 0 if len(shape) == 1 else 1
+    classes = shape[class_dim]
+    positions = [size for dim, size in enumerate(shape) if dim != class_dim]
+    # Strided along the class dim (the dim the kernels run along): made last, strided, moved back.
+    input = _make((*positions, classes), dtype, False, contiguous).movedim(-1, class_dim)
+    input = input.detach().requires_grad_(requires_grad)
+    if kind == "probability":
+        target = torch.rand(input.shape, dtype=dtype).softmax(class_dim).requires_grad_(requires_grad)
+    else:
+        target = torch.randint(0, classes, positions, dtype=torch.uint8 if kind == "uint8" else torch.int64)
+        if target.numel() > 0 and ignore_index >= 0:
+            target.view(-1)[0] = ignore_index
+    weight = torch.rand(classes, dtype=dtype) + 0.5 if has_weight else None
+    return input, target, weight, reduction, ignore_index, label_smoothing
+
+
+def _softmax_cross_entropy_backward_args(case, dtype, requires_grad, contiguous, output_mask):
+    input, target, weight, reduction, ignore_index, label_smoothing = _softmax_cross_entropy_forward_args(
+        case, dtype, requires_grad, contiguous
+    )
+    with torch.no_grad():
+        loss, logsumexp, normalizer = ops.softmax_cross_entropy_forward(
+            input, target, weight, reduction, ignore_index, label_smoothing
+        )
+    grad_loss = torch.randn(loss.shape, dtype=dtype, requires_grad=requires_grad)
+    return (
+        grad_loss, input, target, weight, logsumexp, normalizer, reduction, ignore_index, label_smoothing, output_mask
+    )
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", SOFTMAX_CROSS_ENTROPY_CASES, ids=str)
+def test_softmax_cross_entropy_forward(case, variant):
+    args = _softmax_cross_entropy_forward_args(case, *variant)
+    torch.library.opcheck(ops.softmax_cross_entropy_forward.default, args, test_utils=FAST_CHECKS)
+
+
+@pytest.mark.parametrize("output_mask", CE_OUTPUT_MASKS, ids=str)
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", SOFTMAX_CROSS_ENTROPY_CASES, ids=str)
+def test_softmax_cross_entropy_backward(case, variant, output_mask):
+    args = _softmax_cross_entropy_backward_args(case, *variant, output_mask)
+    torch.library.opcheck(ops.softmax_cross_entropy_backward.default, args, test_utils=FAST_CHECKS)
+
+
+@pytest.mark.parametrize("case, variant", _rotating(SOFTMAX_CROSS_ENTROPY_CASES, VARIANTS), ids=str)
+def test_softmax_cross_entropy_forward_aot(case, variant):
+    args = _softmax_cross_entropy_forward_args(case, *variant)
+    torch.library.opcheck(ops.softmax_cross_entropy_forward.default, args, test_utils=AOT_CHECK)
+
+
+@pytest.mark.parametrize(
+    "case, variant, output_mask", _rotating(SOFTMAX_CROSS_ENTROPY_CASES, VARIANTS, CE_OUTPUT_MASKS[:3]), ids=str
+)
+def test_softmax_cross_entropy_backward_aot(case, variant, output_mask):
+    args = _softmax_cross_entropy_backward_args(case, *variant, output_mask)
+    torch.library.opcheck(ops.softmax_cross_entropy_backward.default, args, test_utils=AOT_CHECK)

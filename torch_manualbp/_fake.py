@@ -117,8 +117,7 @@ def _softmax_cross_entropy_backward_fake(
         lambda: f"{op}: expected logsumexp of shape {positions}, but got logsumexp of shape {list(logsumexp.shape)}",
     )
     probability = target.shape == input.shape and target.is_floating_point()
-    nothing = input.new_empty((0,))
     return (
-        input.new_empty(input.shape) if output_mask[0] else nothing,
-        input.new_empty(input.shape) if output_mask[1] and probability else nothing,
+        input.new_empty(input.shape) if output_mask[0] else input.new_empty((0,)),
+        input.new_empty(input.shape) if output_mask[1] and probability else input.new_empty((0,)),
     )

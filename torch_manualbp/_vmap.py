@@ -85,3 +85,72 @@ def _linear_sigmoid_backward_vmap(info, in_dims, grad_output, input, weight, out
         None,
         0 if want_bias and bias_sizes is not None else None,
     )
+
+
+def _fold_into_positions(tensor, bdim, batch_size, input_has_batch_dim):
+    """(B, N, ...) -> (B*N, ...) when each sample's input is (N, C, ...); a sample's (C,) input makes
+    the B samples an (N = B, C) batch as they are."""
+    tensor = _batch_first(tensor, bdim, batch_size)
+    return tensor.flatten(0, 1) if input_has_batch_dim else tensor
+
+
+def _unfold_positions(tensor, batch_size, input_has_batch_dim):
+    return tensor.unflatten(0, (batch_size, -1)) if input_has_batch_dim else tensor
+
+
+@torch.library.register_vmap("torch_manualbp::softmax_cross_entropy_forward")
+def _softmax_cross_entropy_forward_vmap(info, in_dims, input, target, weight, reduction, ignore_index, label_smoothing):
+    """reduction='none' folds the samples into the positions (the normalizer is 1 for all); 'mean' and
+    'sum' reduce over each sample, with each sample's normalizer, and run per sample."""
+    input_bdim, target_bdim, weight_bdim = in_dims[:3]
+    args = (input, target, weight, reduction, ignore_index, label_smoothing)
+    if reduction != "none" or weight_bdim is not None:
+        return _per_sample(_ops.softmax_cross_entropy_forward.default, info, in_dims, args)
+    batch_size = info.batch_size
+    has_batch_dim = input.dim() - (input_bdim is not None) >= 2
+    loss, logsumexp, normalizer = _ops.softmax_cross_entropy_forward.default(
+        _fold_into_positions(input, input_bdim, batch_size, has_batch_dim),
+        _fold_into_positions(target, target_bdim, batch_size, has_batch_dim),
+        weight,
+        reduction,
+        ignore_index,
+        label_smoothing,
+    )
+    return (
+        _unfold_positions(loss, batch_size, has_batch_dim),
+        _unfold_positions(logsumexp, batch_size, has_batch_dim),
+        normalizer,
+    ), (0, 0, None)
+
+
+@torch.library.register_vmap("torch_manualbp::softmax_cross_entropy_backward")
+def _softmax_cross_entropy_backward_vmap(
+    info, in_dims, grad_loss, input, target, weight, logsumexp, normalizer, reduction, ignore_index,
+    label_smoothing, output_mask,
+):
+    grad_loss_bdim, input_bdim, target_bdim, weight_bdim, logsumexp_bdim, normalizer_bdim = in_dims[:6]
+    args = (grad_loss, input, target, weight, logsumexp, normalizer, reduction, ignore_index, label_smoothing, output_mask)
+    if reduction != "none" or weight_bdim is not None or normalizer_bdim is not None:
+        return _per_sample(_ops.softmax_cross_entropy_backward.default, info, in_dims, args)
+    batch_size = info.batch_size
+    has_batch_dim = input.dim() - (input_bdim is not None) >= 2
+    input = _fold_into_positions(input, input_bdim, batch_size, has_batch_dim)
+    target = _fold_into_positions(target, target_bdim, batch_size, has_batch_dim)
+    grad_input, grad_target = _ops.softmax_cross_entropy_backward.default(
+        _fold_into_positions(grad_loss, grad_loss_bdim, batch_size, has_batch_dim),
+        input,
+        target,
+        weight,
+        _fold_into_positions(logsumexp, logsumexp_bdim, batch_size, has_batch_dim),
+        normalizer,
+        reduction,
+        ignore_index,
+        label_smoothing,
+        output_mask,
+    )
+    want_input = output_mask[0]
+    want_target = output_mask[1] and target.shape == input.shape and target.is_floating_point()
+    return (
+        _unfold_positions(grad_input, batch_size, has_batch_dim) if want_input else grad_input,
+        _unfold_positions(grad_target, batch_size, has_batch_dim) if want_target else grad_target,
+    ), (0 if want_input else None, 0 if want_target else None)
