@@ -1,12 +1,13 @@
 """Autocast: the layers follow the precision rules of their native counterparts. LinearSigmoid runs in
-the autocast dtype like F.linear (float64 left alone); gradients of float32 parameters come back in
-float32. The ops called directly get the same casts. CPU bfloat16/float16 here, CUDA when a GPU exists."""
+the autocast dtype like F.linear, softmax cross-entropy in float32 like F.cross_entropy, float64 is
+left alone; gradients of float32 parameters come back in float32. The ops called directly get the same
+casts. CPU bfloat16/float16 here, CUDA when a GPU exists."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import torch_manualbp
-from torch_manualbp.functional import linear_sigmoid
+from torch_manualbp.functional import linear_sigmoid, softmax_cross_entropy
 
 ops = torch.ops.torch_manualbp
 
@@ -81,17 +82,82 @@ def test_autocast_off_inside_is_respected(device, dtype):
             assert linear_sigmoid(*args).dtype == torch.float32
 
 
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES)
+@pytest.mark.parametrize("logits_dtype", ["autocast", torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kind", ["index", "probability"])
+def test_softmax_cross_entropy_follows_f_cross_entropy(device, dtype, logits_dtype, kind):
+    logits_dtype = dtype if logits_dtype == "autocast" else logits_dtype
+    logits = torch.randn(8, 5, 3, device=device, dtype=logits_dtype, requires_grad=True)
+    if kind == "probability":
+        target = torch.rand(8, 5, 3, device=device, dtype=logits_dtype).softmax(1)
+    else:
+        target = torch.randint(0, 5, (8, 3), device=device)
+    weight = torch.rand(5, device=device) + 0.5 if logits_dtype != torch.float64 else None
+    options = dict(weight=weight, label_smoothing=0.1)
+
+    def run(loss_fn):
+        with torch.autocast(device, dtype=dtype):
+            loss = loss_fn(logits, target, **options)
+            (grad,) = torch.autograd.grad(loss, logits)
+        return loss, grad
+
+    (loss, grad), (expected_loss, expected_grad) = run(softmax_cross_entropy), run(F.cross_entropy)
+    assert loss.dtype == expected_loss.dtype == (torch.float64 if logits_dtype == torch.float64 else torch.float32)
+    assert grad.dtype == expected_grad.dtype == logits_dtype
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES)
+def test_softmax_cross_entropy_ops_called_directly(device, dtype):
+    logits = torch.randn(4, 5, device=device, dtype=dtype)
+    target = torch.randint(0, 5, (4,), device=device)
+    with torch.autocast(device, dtype=dtype):
+        loss, logsumexp, normalizer = ops.softmax_cross_entropy_forward(logits, target, None, "mean", -100, 0.0)
+        grad_input, _ = ops.softmax_cross_entropy_backward(
+            torch.ones((), device=device, dtype=dtype), logits, target, None, logsumexp, normalizer, "mean",
+            -100, 0.0, [True, False],
+        )
+    assert loss.dtype == logsumexp.dtype == normalizer.dtype == grad_input.dtype == torch.float32
+    torch.testing.assert_close(loss, F.cross_entropy(logits.float(), target))
+
+
+def _classifier():
+    return torch.nn.Sequential(torch_manualbp.LinearSigmoid(6, 8), torch_manualbp.LinearSigmoid(8, 3))
+
+
+def test_model_under_autocast_matches_native_model():
+    model = _classifier()
+    native = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Sigmoid(), torch.nn.Linear(8, 3), torch.nn.Sigmoid())
+    native.load_state_dict({k.replace("1.", "2."): v for k, v in model.state_dict().items()})
+    input, target = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = softmax_cross_entropy(model(input), target)
+        expected_loss = F.cross_entropy(native(input), target)
+    assert loss.dtype == expected_loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected_loss, **TOLERANCES[torch.bfloat16])
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    expected_grads = torch.autograd.grad(expected_loss, list(native.parameters()))
+    for grad, expected in zip(grads, expected_grads):
+        assert grad.dtype == torch.float32
+        torch.testing.assert_close(grad, expected, **TOLERANCES[torch.bfloat16])
+
+
 def test_compiled_model_under_autocast():
     torch._dynamo.reset()
-    model = torch.nn.Sequential(torch_manualbp.LinearSigmoid(6, 8), torch_manualbp.LinearSigmoid(8, 3))
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    input = torch.randn(5, 6)
+    model = _classifier()
+
+    def loss_fn(input, target):
+        return softmax_cross_entropy(model(input), target)
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    input, target = torch.randn(5, 6), torch.randint(0, 3, (5,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        output = compiled(input)
-        expected = model(input)
-    assert output.dtype == expected.dtype == torch.bfloat16
-    torch.testing.assert_close(output, expected)
-    (grad,) = torch.autograd.grad(output.float().sum(), model[0].weight)
-    (expected_grad,) = torch.autograd.grad(expected.float().sum(), model[0].weight)
-    assert grad.dtype == torch.float32
-    torch.testing.assert_close(grad, expected_grad)
+        loss = compiled(input, target)
+        expected = loss_fn(input, target)
+    assert loss.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(loss, expected)
+    parameters = list(model.parameters())
+    grads, expected_grads = torch.autograd.grad(loss, parameters), torch.autograd.grad(expected, parameters)
+    assert all(grad.dtype == torch.float32 for grad in grads)
+    torch.testing.assert_close(grads, expected_grads)

@@ -13,25 +13,32 @@ ops = torch.ops.torch_manualbp
 
 
 class TwoLayerNet(torch.nn.Module):
-    def __init__(self, in_features=6, hidden=8, classes=5):
+    """LinearSigmoid -> LinearSigmoid (logits) -> SoftmaxCrossEntropyLoss."""
+
+    def __init__(self, in_features=6, hidden=8, classes=5, **loss_options):
         super().__init__()
         self.hidden = torch_manualbp.LinearSigmoid(in_features, hidden)
         self.out = torch_manualbp.LinearSigmoid(hidden, classes, bias=False)
+        self.loss = torch_manualbp.SoftmaxCrossEntropyLoss(**loss_options)
 
-    def forward(self, input):
-        return self.out(self.hidden(input)).square().mean()
+    def forward(self, input, target):
+        return self.loss(self.out(self.hidden(input)), target)
 
 
-def _loss_and_grads(model, input):
+def _batch(rows, dtype=torch.float32, classes=5):
+    return torch.randn(rows, 6, dtype=dtype), torch.randint(0, classes, (rows,))
+
+
+def _loss_and_grads(model, *inputs):
     model.zero_grad()
-    loss = model(input)
+    loss = model(*inputs)
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-def _assert_matches_eager(compiled, model, input):
-    loss, grads = _loss_and_grads(compiled, input)
-    expected_loss, expected_grads = _loss_and_grads(model, input)
+def _assert_matches_eager(compiled, model, *inputs):
+    loss, grads = _loss_and_grads(compiled, *inputs)
+    expected_loss, expected_grads = _loss_and_grads(model, *inputs)
     torch.testing.assert_close(loss, expected_loss)
     torch.testing.assert_close(grads, expected_grads)
 
@@ -40,7 +47,7 @@ def test_inductor_matches_eager():
     torch._dynamo.reset()
     model = TwoLayerNet()
     compiled = torch.compile(model, fullgraph=True, backend="inductor")
-    _assert_matches_eager(compiled, model, torch.randn(7, 6))
+    _assert_matches_eager(compiled, model, *_batch(7))
 
 
 def _graph_recorder():
@@ -66,10 +73,11 @@ def test_graphs_call_the_handwritten_ops():
     backend, graphs = _graph_recorder()
     model = TwoLayerNet()
     compiled = torch.compile(model, fullgraph=True, backend=backend)
-    _assert_matches_eager(compiled, model, torch.randn(7, 6))
+    _assert_matches_eager(compiled, model, *_batch(7))
     assert len(graphs["forward"]) == 1 and len(graphs["backward"]) == 1
-    assert ops.linear_sigmoid_forward.default in _targets(graphs["forward"][0])
-    assert ops.linear_sigmoid_backward.default in _targets(graphs["backward"][0])
+    forward, backward = _targets(graphs["forward"][0]), _targets(graphs["backward"][0])
+    assert {ops.linear_sigmoid_forward.default, ops.softmax_cross_entropy_forward.default} <= forward
+    assert {ops.linear_sigmoid_backward.default, ops.softmax_cross_entropy_backward.default} <= backward
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -79,24 +87,61 @@ def test_dynamic_batch_sizes_compile_once(dtype):
     counter = CompileCounterWithBackend("aot_eager")
     model = TwoLayerNet().to(dtype)
     compiled = torch.compile(model, fullgraph=True, backend=counter, dynamic=True)
-    for batch in (3, 8, 2):
-        _assert_matches_eager(compiled, model, torch.randn(batch, 6, dtype=dtype))
-    assert counter.frame_count == 1
+    _assert_matches_eager(compiled, model, *_batch(3, dtype))
+    compiles = counter.frame_count  # one frame (Dynamo may restart its analysis once: not a recompile)
+    for rows in (8, 2, 17):
+        _assert_matches_eager(compiled, model, *_batch(rows, dtype))
+    assert counter.frame_count == compiles
 
 
 def test_empty_and_single_row_batches():
     torch._dynamo.reset()
-    model = TwoLayerNet()
+    model = TwoLayerNet(reduction="sum")
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=True)
-    _assert_matches_eager(compiled, model, torch.randn(1, 6))
-    empty = torch.randn(0, 6, requires_grad=True)
-    hidden = torch.compile(torch_manualbp.functional.linear_sigmoid, fullgraph=True, backend="aot_eager")(
-        empty, model.hidden.weight, model.hidden.bias
+    _assert_matches_eager(compiled, model, *_batch(1))
+    loss, grads = _loss_and_grads(compiled, *_batch(0))
+    torch.testing.assert_close(loss, torch.tensor(0.0))
+    torch.testing.assert_close(grads, [torch.zeros_like(p) for p in model.parameters()])
+
+
+# Options of the loss, each compiled with its own model: (loss options, target maker)
+LOSS_OPTIONS = [
+    dict(reduction="none", label_smoothing=0.1),
+    dict(weight=torch.rand(5) + 0.5, ignore_index=2, reduction="mean"),
+    dict(reduction="sum", label_smoothing=0.2),
+]
+
+
+@pytest.mark.parametrize("options", LOSS_OPTIONS, ids=lambda o: ",".join(sorted(o)))
+def test_loss_options(options):
+    torch._dynamo.reset()
+    model = TwoLayerNet(**options)
+    compiled = torch.compile(lambda *inputs: model(*inputs).sum(), fullgraph=True, backend="aot_eager")
+    input, target = _batch(9)
+    target[0] = 2
+    loss = compiled(input, target)
+    expected_loss = model(input, target).sum()
+    torch.testing.assert_close(loss, expected_loss)
+    parameters = list(model.parameters())
+    torch.testing.assert_close(torch.autograd.grad(loss, parameters), torch.autograd.grad(expected_loss, parameters))
+
+
+def test_probability_targets_and_spatial_dims():
+    """(N, C, d) logits from a LinearSigmoid over (N, d, in) inputs, against soft targets that need grad."""
+    torch._dynamo.reset()
+    layer = torch_manualbp.LinearSigmoid(4, 5)
+    input = torch.randn(3, 2, 4)
+    target = torch.rand(3, 5, 2).softmax(1).requires_grad_()
+
+    def fn(input, target):
+        logits = layer(input).transpose(1, 2)
+        return torch_manualbp.functional.softmax_cross_entropy(logits, target, label_smoothing=0.1)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    wrt = (target, layer.weight, layer.bias)
+    torch.testing.assert_close(
+        torch.autograd.grad(compiled(input, target), wrt), torch.autograd.grad(fn(input, target), wrt)
     )
-    assert hidden.shape == (0, 8)
-    grad_input, grad_bias = torch.autograd.grad(hidden.sum(), (empty, model.hidden.bias))
-    assert grad_input.shape == (0, 6)
-    torch.testing.assert_close(grad_bias, torch.zeros(8))
 
 
 def test_functional_with_leading_dims_and_broadcast_bias():

@@ -29,20 +29,22 @@ def _model():
 
 def _global_batch(step):
     generator = torch.Generator().manual_seed(100 + step)
-    return torch.randn(GLOBAL_BATCH, 6, dtype=torch.float64, generator=generator)
+    return (
+        torch.randn(GLOBAL_BATCH, 6, dtype=torch.float64, generator=generator),
+        torch.randint(0, 4, (GLOBAL_BATCH,), generator=generator),
+    )
 
 
-def _loss(model, input):
-    return model(input).square().mean()
+LOSS = torch_manualbp.SoftmaxCrossEntropyLoss(label_smoothing=0.1)  # 'mean': equal shards average exactly
 
 
 def _train(model, rank=0, world_size=1):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    shard = GLOBAL_BATCH // world_size
+    shard = slice(rank * GLOBAL_BATCH // world_size, (rank + 1) * GLOBAL_BATCH // world_size)
     for step in range(STEPS):
-        input = _global_batch(step)[rank * shard : (rank + 1) * shard]
+        input, target = _global_batch(step)
         optimizer.zero_grad()
-        _loss(model, input).backward()  # DDP averages the gradients of the equal shards
+        LOSS(model(input[shard]), target[shard]).backward()  # DDP averages the gradients of the shards
         optimizer.step()
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
-from torch_manualbp.functional import linear_sigmoid
+from torch_manualbp.functional import linear_sigmoid, softmax_cross_entropy
 
 ops = torch.ops.torch_manualbp
 
@@ -78,3 +78,88 @@ def test_linear_sigmoid_gradient_penalty():
     actual = torch.autograd.grad(penalty(linear_sigmoid), (input, weight, bias))
     expected = torch.autograd.grad(penalty(lambda x, w, b: torch.sigmoid(F.linear(x, w, b))), (input, weight, bias))
     torch.testing.assert_close(actual, expected)
+
+
+# (input shape, target kind, reduction, weight, ignore_index, label_smoothing)
+SOFTMAX_CROSS_ENTROPY_CASES = [
+    ((4, 5), "index", "mean", False, -100, 0.0),
+    ((4, 5), "index", "mean", True, 1, 0.1),
+    ((4, 5), "index", "sum", True, -100, 0.0),
+    ((4, 5), "index", "none", False, 3, 0.2),
+    ((5,), "index", "mean", True, -100, 0.1),
+    ((2, 5, 3), "index", "mean", True, 0, 0.05),
+    ((2, 5, 3), "index", "none", True, -100, 0.0),
+    ((4, 5), "probability", "mean", False, -100, 0.0),
+    ((4, 5), "probability", "sum", True, -100, 0.3),
+    ((4, 5), "probability", "none", True, -100, 0.0),
+    ((5,), "probability", "none", False, -100, 0.1),
+    ((2, 5, 3), "probability", "mean", True, -100, 0.1),
+]
+
+
+def _softmax_cross_entropy_args(case):
+    shape, kind, reduction, has_weight, ignore_index, label_smoothing = case
+    class_dim = 0 if len(shape) == 1 else 1
+    classes = shape[class_dim]
+    input = _randn(*shape)
+    if kind == "probability":
+        target = torch.rand(shape, dtype=torch.float64).softmax(class_dim).requires_grad_()
+    else:
+        positions = [size for dim, size in enumerate(shape) if dim != class_dim]
+        target = torch.randint(0, classes, positions)
+        if ignore_index >= 0:
+            target.view(-1)[0] = ignore_index
+    weight = torch.rand(classes, dtype=torch.float64) + 0.5 if has_weight else None
+    options = dict(weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+    return input, target, options
+
+
+@pytest.mark.parametrize("case", SOFTMAX_CROSS_ENTROPY_CASES, ids=str)
+def test_softmax_cross_entropy_gradgradcheck(case):
+    input, target, options = _softmax_cross_entropy_args(case)
+
+    if target.is_floating_point():  # probability targets are differentiable too
+
+        def loss(input, target):
+            return softmax_cross_entropy(input, target, **options)
+
+        args = (input, target)
+    else:
+
+        def loss(input):
+            return softmax_cross_entropy(input, target, **options)
+
+        args = (input,)
+    assert gradcheck(loss, args)
+    assert gradgradcheck(loss, args)
+
+
+def test_softmax_cross_entropy_hessian_vector_product():
+    """Hessian-vector products of the loss in the logits (a second backward), against native."""
+    input, target, options = _softmax_cross_entropy_args(((6, 4), "index", "mean", True, -100, 0.1))
+    vector = torch.randn_like(input)
+
+    def hvp(loss_fn):
+        (grad_input,) = torch.autograd.grad(loss_fn(input, target, **options), input, create_graph=True)
+        return torch.autograd.grad((grad_input * vector).sum(), input)
+
+    torch.testing.assert_close(hvp(softmax_cross_entropy), hvp(F.cross_entropy))
+
+
+@pytest.mark.parametrize("output_mask", [[True, True], [True, False], [False, True]], ids=str)
+def test_softmax_cross_entropy_backward_op_gradcheck(output_mask):
+    """The backward op called directly, fed by the forward op: its registered derivative takes the
+    logsumexp as the function of the input it is (the forward marks it non-differentiable)."""
+    input, target, options = _softmax_cross_entropy_args(((3, 4, 2), "probability", "none", True, -100, 0.1))
+    weight, reduction = options["weight"], options["reduction"]
+
+    def backward_op(grad_loss, input, target):
+        _, logsumexp, normalizer = ops.softmax_cross_entropy_forward(input, target, weight, reduction, -100, 0.1)
+        grads = ops.softmax_cross_entropy_backward(
+            grad_loss, input, target, weight, logsumexp, normalizer, reduction, -100, 0.1, output_mask
+        )
+        return tuple(g for g, wanted in zip(grads, output_mask) if wanted)
+
+    args = (_randn(3, 2), input, target)
+    assert gradcheck(backward_op, args)
+    assert gradgradcheck(backward_op, args)

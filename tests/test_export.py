@@ -13,51 +13,66 @@ ops = torch.ops.torch_manualbp
 
 
 class TwoLayerNet(torch.nn.Module):
+    """LinearSigmoid -> LinearSigmoid (logits) -> SoftmaxCrossEntropyLoss."""
+
     def __init__(self, in_features=6, hidden=8, classes=5):
         super().__init__()
         self.hidden = torch_manualbp.LinearSigmoid(in_features, hidden)
         self.out = torch_manualbp.LinearSigmoid(hidden, classes, bias=False)
+        self.loss = torch_manualbp.SoftmaxCrossEntropyLoss(
+            weight=torch.rand(classes) + 0.5, ignore_index=0, label_smoothing=0.1
+        )
 
-    def forward(self, input):
-        return self.out(self.hidden(input))
+    def forward(self, input, target):
+        return self.loss(self.out(self.hidden(input)), target)
+
+
+def _batch(rows):
+    return torch.randn(rows, 6), torch.randint(0, 5, (rows,))
 
 
 def _targets(program):
     return [node.target for node in program.graph.nodes if node.op == "call_function"]
 
 
+def _export(model, strict=False):
+    batch = Dim("batch")
+    return torch.export.export(model, _batch(4), dynamic_shapes=({0: batch}, {0: batch}), strict=strict)
+
+
 @pytest.mark.parametrize("strict", [False, True], ids=["non_strict", "strict"])
 def test_export_matches_eager(strict):
     model = TwoLayerNet().eval()
-    batch = Dim("batch")
-    program = torch.export.export(model, (torch.randn(4, 6),), dynamic_shapes=({0: batch},), strict=strict)
-    assert _targets(program).count(ops.linear_sigmoid_forward.default) == 2
+    program = _export(model, strict)
+    targets = _targets(program)
+    assert targets.count(ops.linear_sigmoid_forward.default) == 2
+    assert targets.count(ops.softmax_cross_entropy_forward.default) == 1
     for rows in (4, 9, 2):
-        input = torch.randn(rows, 6)
-        torch.testing.assert_close(program.module()(input), model(input))
+        batch = _batch(rows)
+        torch.testing.assert_close(program.module()(*batch), model(*batch))
 
 
 def test_export_save_load_and_decompositions():
     model = TwoLayerNet().eval()
-    program = torch.export.export(model, (torch.randn(4, 6),), dynamic_shapes=({0: Dim("batch")},))
+    program = _export(model)
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     buffer.seek(0)
     loaded = torch.export.load(buffer)
     decomposed = program.run_decompositions()
-    assert ops.linear_sigmoid_forward.default in _targets(decomposed)  # an opaque op: not decomposed
-    input = torch.randn(5, 6)
+    # Opaque ops: not decomposed.
+    assert {ops.linear_sigmoid_forward.default, ops.softmax_cross_entropy_forward.default} <= set(_targets(decomposed))
+    batch = _batch(5)
     for exported in (loaded, decomposed):
-        torch.testing.assert_close(exported.module()(input), model(input))
+        torch.testing.assert_close(exported.module()(*batch), model(*batch))
 
 
 def test_exported_program_trains():
     """The module of an exported program is differentiable: the ops' registered autograd."""
     model = TwoLayerNet()
-    program = torch.export.export(model, (torch.randn(4, 6),))
-    exported = program.module()
-    input = torch.randn(4, 6)
-    exported(input).sum().backward()
-    model(input).sum().backward()
+    exported = torch.export.export(model, _batch(4)).module()
+    batch = _batch(4)
+    exported(*batch).backward()
+    model(*batch).backward()
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(exported.get_parameter(name).grad, parameter.grad)
