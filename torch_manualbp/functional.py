@@ -3,7 +3,7 @@ import torch
 
 from ._autocast import FLOAT32, LOWER_PRECISION, cast_for_autocast
 from ._checks import check_float, check_int, check_reduction, check_tensor
-from .functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction, apply
+from .functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction, apply_layer
 
 _ops = torch.ops.torch_manualbp
 
@@ -27,7 +27,7 @@ def linear_sigmoid(input, weight, bias=None):
     check_tensor("linear_sigmoid", "weight", weight)
     check_tensor("linear_sigmoid", "bias", bias, optional=True)
     input, weight, bias = cast_for_autocast(LOWER_PRECISION, input.device.type, input, weight, bias)
-    return apply(LinearSigmoidFunction, _ops.linear_sigmoid_forward.default, input, weight, bias)
+    return apply_layer(LinearSigmoidFunction, _ops.linear_sigmoid_forward.default, input, weight, bias)
 
 
 def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
@@ -57,7 +57,7 @@ def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reducti
     check_reduction(reduction)
     check_float(fn, "label_smoothing", label_smoothing)
     input, target, weight = cast_for_autocast(FLOAT32, input.device.type, input, target, weight)
-    loss, _, _ = apply(
+    loss, _, _ = apply_layer(
         SoftmaxCrossEntropyFunction,
         _ops.softmax_cross_entropy_forward.default,
         input, target, weight, reduction, ignore_index, float(label_smoothing),

@@ -30,7 +30,7 @@ class NonTensorArgs:
     values: tuple
 
 
-def apply(function, op, *args):
+def apply_layer(function, op, *args):
     """Runs a layer: function.apply in eager mode, the op itself under torch.compile and torch.export.
 
     Dynamo graph-breaks on an autograd.Function that defines jvp, and the op carries the same backward
