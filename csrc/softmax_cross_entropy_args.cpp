@@ -45,8 +45,12 @@ SoftmaxCrossEntropyShape check_common(
       input.sizes());
   check_same_device(op, "target", target, "input", input);
   // As torch: a target of the input's exact shape holds class probabilities, any other holds indices.
-  if (target.sizes() == input.sizes() && is_floating(target.scalar_type())) {
+  if (target.sizes() == input.sizes()) {
     shape.target_kind = TargetKind::kProbability;
+    TORCH_CHECK(
+        is_floating(target.scalar_type()), op,
+        ": expected target (class probabilities: the input's shape) of a floating dtype, but got target of dtype ",
+        target.scalar_type(), " and shape ", target.sizes());
     check_same_dtype(op, "target (class probabilities)", target, "input", input);
     TORCH_CHECK(
         ignore_index < 0, op, ": ignore_index is not supported for class-probability targets (floating target of the "

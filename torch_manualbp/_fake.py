@@ -47,7 +47,11 @@ def _softmax_cross_entropy_shapes(op, input, target, weight, reduction, ignore_i
     )
     class_dim = 0 if input.dim() == 1 else 1
     positions = [s for d, s in enumerate(input.shape) if d != class_dim]
-    if target.shape == input.shape and target.is_floating_point():
+    if target.shape == input.shape:
+        torch._check(
+            target.is_floating_point(),
+            lambda: f"{op}: expected target (class probabilities: the input's shape) of a floating dtype, but got target of dtype {target.dtype} and shape {list(target.shape)}",
+        )
         torch._check(
             target.dtype == input.dtype,
             lambda: f"{op}: expected target (class probabilities) to have the same dtype as input ({input.dtype}), but got target (class probabilities) of dtype {target.dtype}",
@@ -116,7 +120,7 @@ def _softmax_cross_entropy_backward_fake(
         list(logsumexp.shape) == positions,
         lambda: f"{op}: expected logsumexp of shape {positions}, but got logsumexp of shape {list(logsumexp.shape)}",
     )
-    probability = target.shape == input.shape and target.is_floating_point()
+    probability = target.shape == input.shape
     return (
         input.new_empty(input.shape) if output_mask[0] else input.new_empty((0,)),
         input.new_empty(input.shape) if output_mask[1] and probability else input.new_empty((0,)),

@@ -149,7 +149,7 @@ def _softmax_cross_entropy_backward_vmap(
         output_mask,
     )
     want_input = output_mask[0]
-    want_target = output_mask[1] and target.shape == input.shape and target.is_floating_point()
+    want_target = output_mask[1] and target.shape == input.shape
     return (
         _unfold_positions(grad_input, batch_size, has_batch_dim) if want_input else grad_input,
         _unfold_positions(grad_target, batch_size, has_batch_dim) if want_target else grad_target,

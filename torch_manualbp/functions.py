@@ -228,7 +228,9 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, grad_logsumexp, grad_normalizer):
         input, target, weight, logsumexp, normalizer = ctx.saved_tensors
-        need_input, need_target = ctx.needs_input_grad[:2]
+        need_input, need_target, need_weight = ctx.needs_input_grad[:3]
+        if need_weight:  # as torch's nll_loss: class weights are constants
+            raise RuntimeError("softmax_cross_entropy: the derivative for 'weight' is not implemented")
         if not (need_input or need_target):
             return None, None, None, None, None, None
         options = (ctx.reduction, ctx.ignore_index, ctx.label_smoothing, [need_input, need_target])
@@ -242,7 +244,9 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
         )
 
     @staticmethod
-    def jvp(ctx, input_tangent, target_tangent, *_):
+    def jvp(ctx, input_tangent, target_tangent, weight_tangent, *_):
+        if weight_tangent is not None:
+            raise RuntimeError("softmax_cross_entropy: the derivative for 'weight' is not implemented")
         input, target, weight, logsumexp, normalizer = ctx.saved_tensors
         class_dim = 0 if input.dim() == 1 else 1
         eps = ctx.label_smoothing
@@ -259,7 +263,8 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
 
 
 def _is_probability_target(input, target):
-    return target.shape == input.shape and target.is_floating_point()
+    """Class probabilities: a target of the input's shape (the C++ checks made sure it is floating)."""
+    return target.shape == input.shape
 
 
 def _softmax_cross_entropy_coefficients(input, target, weight, ignore_index, label_smoothing):

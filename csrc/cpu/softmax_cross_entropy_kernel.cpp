@@ -85,6 +85,12 @@ inline acc_t lanes_sum(const Vectorized<acc_t>& v) {
   return total;
 }
 
+// `count` <= Vec::size() elements, zero past count.
+template <typename Vec>
+inline Vec load_lanes(const typename Vec::value_type* p, int64_t count) {
+  return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
+}
+
 // Max of n elements; NaN if any is NaN.
 template <typename acc_t>
 acc_t block_max(const acc_t* x, int64_t n) {
@@ -154,73 +160,117 @@ inline Vectorized<acc_t> linear_coef(
 // ---- forward, rows ----------------------------------------------------------------------------------
 template <typename acc_t>
 struct RowSums {
-  acc_t max;       // m (NaN or +inf: the row's first such block max)
+  acc_t max;       // m (NaN or +inf: the row's first such value found)
   acc_t log_sum;   // log s
   acc_t coef_sum;  // A
   acc_t linear;    // lin
   bool finite;     // m finite: the row holds no NaN, no +inf and not only -inf
 };
 
-// m, s, A and lin of one row in a single pass over memory. lin is kept relative to a reference `ref`
-// (the running max once it is finite, 0 before): when the max grows from m to m', s is rescaled by
-// exp(m - m') and lin shifted by A_seen (ref - m'), so each element is exponentiated once.
+// A block's exponentials may be taken relative to a reference below its max by at most this much:
+// exp(64) * kRowBlock stays far from float's overflow.
+constexpr double kMaxReferenceGap = 64.0;
+
+template <typename acc_t>
+struct BlockSums {
+  acc_t max;   // NaN-propagating
+  acc_t sum;   // sum_c exp(x_c - ref)
+  acc_t lin;   // sum_c a_c (x_c - ref)
+  acc_t coef;  // sum_c a_c
+};
+
+// One pass over a block (from memory): its max, and its exponentials and linear term relative to `ref`.
+template <typename acc_t, Linear kLinear, bool kWeighted>
+BlockSums<acc_t> block_sums(
+    const LossConstants<acc_t>& k, const acc_t* x, const acc_t* p, const acc_t* w, int64_t n, acc_t ref) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const Vec ref_v(ref), zero(acc_t(0));
+  Vec max0(-kInf<acc_t>), max1(-kInf<acc_t>), sum0(zero), sum1(zero), lin_v(zero), coef_v(zero);
+  auto linear_step = [&](const Vec& xv, int64_t c, int64_t count) {
+    if constexpr (kLinear != Linear::kNone) {
+      const Vec a = linear_coef<acc_t, kLinear, kWeighted>(k, p + c, kWeighted ? w + c : nullptr, count);
+      lin_v = at::vec::fmadd(a, xv - ref_v, lin_v);
+      coef_v = coef_v + a;
+    }
+  };
+  int64_t c = 0;
+  for (; c + 2 * V <= n; c += 2 * V) {
+    const Vec x0 = Vec::loadu(x + c), x1 = Vec::loadu(x + c + V);
+    max0 = at::vec::maximum(max0, x0);
+    max1 = at::vec::maximum(max1, x1);
+    sum0 = sum0 + exp_fast(x0 - ref_v);
+    sum1 = sum1 + exp_fast(x1 - ref_v);
+    linear_step(x0, c, V);
+    linear_step(x1, c + V, V);
+  }
+  for (; c < n; c += V) {
+    const int64_t count = std::min<int64_t>(V, n - c);
+    Vec xv = load_lanes<Vec>(x + c, count);
+    if (count < V) xv = Vec::set(Vec(-kInf<acc_t>), xv, count);  // exp(-inf) = 0, max unchanged
+    max0 = at::vec::maximum(max0, xv);
+    sum0 = sum0 + exp_fast(xv - ref_v);
+    if (count < V) xv = Vec::set(zero, xv, count);  // a = 0 past count: keep lin finite
+    linear_step(xv, c, count);
+  }
+  std::array<acc_t, V> lanes;
+  at::vec::maximum(max0, max1).store(lanes.data());
+  acc_t block_max = -kInf<acc_t>;
+  for (acc_t lane : lanes) block_max = std::isnan(lane) || std::isnan(block_max) ? kNaN<acc_t> : std::max(block_max, lane);
+  BlockSums<acc_t> sums{block_max, lanes_sum(sum0 + sum1), 0, 0};
+  if constexpr (kLinear != Linear::kNone) {
+    sums.lin = lanes_sum(lin_v);
+    sums.coef = lanes_sum(coef_v);
+  }
+  return sums;
+}
+
+// m, s, A and lin of one row in a single pass over memory (online logsumexp). The exponentials of a
+// block are taken relative to the running max `ref` of the blocks before it (for the first block: its
+// first element); when the block's max is larger, s is rescaled by exp(ref - max) and lin shifted by
+// A (ref - max), so that at the end ref = m. Only a block whose max exceeds ref by more than
+// kMaxReferenceGap (its exponentials could overflow) is exponentiated a second time.
 template <typename T, Linear kLinear, bool kWeighted, typename acc_t = at::opmath_type<T>>
 RowSums<acc_t> row_sums(
     const T* x_row, const T* p_row, const LossConstants<acc_t>& k, acc_t* x_buffer, acc_t* p_buffer) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  acc_t m = -kInf<acc_t>, s = 0, ref = 0, lin = 0, coef_sum = 0;
+  acc_t ref = -kInf<acc_t>, s = 0, lin = 0, coef_sum = 0;
   for (int64_t c0 = 0; c0 < k.classes; c0 += kRowBlock) {
     const int64_t n = std::min(kRowBlock, k.classes - c0);
     const acc_t* x = as_acc(x_row + c0, n, x_buffer);
     const acc_t* p = nullptr;
     if constexpr (kLinear == Linear::kTargetProbability) p = as_acc(p_row + c0, n, p_buffer);
     const acc_t* w = kWeighted ? k.weight + c0 : nullptr;
-    const acc_t block_m = block_max(x, n);
-    if (std::isnan(block_m) || block_m == kInf<acc_t>) return {block_m, 0, 0, 0, false};
-    if (block_m > m) {
-      if (m > -kInf<acc_t>) s *= std::exp(m - block_m);
-      if constexpr (kLinear != Linear::kNone) lin += coef_sum * (ref - block_m);
-      m = block_m;
-      ref = block_m;
+    // Until a finite value is seen, lin is kept relative to 0 (only -inf so far: it is -inf or NaN).
+    acc_t block_ref = ref;
+    if (ref == -kInf<acc_t>) {
+      block_ref = std::isfinite(x[0]) ? x[0] : block_max(x, n);
+      if (std::isnan(block_ref) || block_ref == kInf<acc_t>) return {block_ref, 0, 0, 0, false};
+      if (block_ref == -kInf<acc_t>) block_ref = 0;
     }
-    const bool m_finite = m > -kInf<acc_t>;
-    const Vec mv(m), refv(ref);
-    Vec s0(acc_t(0)), s1(acc_t(0)), lin_v(acc_t(0)), coef_v(acc_t(0));
-    auto linear_step = [&](const Vec& xv, int64_t c, int64_t count) {
-      if constexpr (kLinear != Linear::kNone) {
-        const Vec a = linear_coef<acc_t, kLinear, kWeighted>(k, p + c, kWeighted ? w + c : nullptr, count);
-        lin_v = at::vec::fmadd(a, xv - refv, lin_v);
-        coef_v = coef_v + a;
-      }
-    };
-    int64_t c = 0;
-    for (; c + 2 * V <= n; c += 2 * V) {
-      const Vec x0 = Vec::loadu(x + c), x1 = Vec::loadu(x + c + V);
-      if (m_finite) {
-        s0 = s0 + exp_fast(x0 - mv);
-        s1 = s1 + exp_fast(x1 - mv);
-      }
-      linear_step(x0, c, V);
-      linear_step(x1, c + V, V);
+    const BlockSums<acc_t> block = block_sums<acc_t, kLinear, kWeighted>(k, x, p, w, n, block_ref);
+    if (std::isnan(block.max) || block.max == kInf<acc_t>) return {block.max, 0, 0, 0, false};
+    if (block.max == -kInf<acc_t>) {  // only -inf: no exponential counts
+      lin += block.lin;
+      coef_sum += block.coef;
+      continue;
     }
-    for (; c < n; c += V) {
-      const int64_t count = std::min<int64_t>(V, n - c);
-      const Vec xv = count == V ? Vec::loadu(x + c) : Vec::loadu(x + c, count);
-      if (m_finite) {
-        const Vec e = exp_fast(xv - mv);
-        s0 = s0 + (count == V ? e : Vec::set(Vec(acc_t(0)), e, count));
-      }
-      linear_step(xv, c, count);
+    // lin moves from its old reference (ref, or 0) to block_ref: sum a (x - r') = sum a (x - r) + A (r - r').
+    lin += block.lin + coef_sum * ((ref == -kInf<acc_t> ? acc_t(0) : ref) - block_ref);
+    coef_sum += block.coef;
+    const acc_t new_ref = std::max(block_ref, block.max);
+    const acc_t old_sum = ref == -kInf<acc_t> ? acc_t(0) : s * std::exp(ref - new_ref);
+    acc_t block_sum = block.sum;
+    if (block.max - block_ref > acc_t(kMaxReferenceGap)) {
+      block_sum = block_sums<acc_t, Linear::kNone, false>(k, x, nullptr, nullptr, n, new_ref).sum;
+    } else if (new_ref != block_ref) {
+      block_sum *= std::exp(block_ref - new_ref);
     }
-    s += lanes_sum(s0 + s1);
-    if constexpr (kLinear != Linear::kNone) {
-      lin += lanes_sum(lin_v);
-      coef_sum += lanes_sum(coef_v);
-    }
+    s = old_sum + block_sum;
+    lin += coef_sum * (block_ref - new_ref);
+    ref = new_ref;
   }
-  const bool finite = m > -kInf<acc_t>;
-  return {m, finite ? std::log(s) : -kInf<acc_t>, coef_sum, lin, finite};
+  const bool finite = ref > -kInf<acc_t>;
+  return {ref, finite ? std::log(s) : -kInf<acc_t>, coef_sum, lin, finite};
 }
 
 // The loss of one position from its sums (see the derivation in csrc/softmax_cross_entropy.cpp):
@@ -348,11 +398,6 @@ inline const acc_t* chunk_as_acc(
     for (int64_t c = 0; c < classes; ++c) at::vec::convert(src + c * inner, buffer + c * lanes, chunk.len);
     return buffer;
   }
-}
-
-template <typename Vec>
-inline Vec load_lanes(const typename Vec::value_type* p, int64_t count) {
-  return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
 }
 
 template <typename T, Linear kLinear, bool kWeighted>
