@@ -244,9 +244,9 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
         )
 
     @staticmethod
-    def jvp(ctx, input_tangent, target_tangent, weight_tangent, *_):
-        if weight_tangent is not None:
-            raise RuntimeError("softmax_cross_entropy: the derivative for 'weight' is not implemented")
+    def jvp(ctx, input_tangent, target_tangent, *_):
+        # No tangent from the class weights: constants, as in backward. (torch.func hands every input a
+        # tangent, zeros where it has none, so a weight tangent cannot be refused here as in backward.)
         input, target, weight, logsumexp, normalizer = ctx.saved_tensors
         class_dim = 0 if input.dim() == 1 else 1
         eps = ctx.label_smoothing
