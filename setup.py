@@ -133,6 +133,10 @@ class SimdBuildExtension(BuildExtension):
                 extra_postargs=list(base_flags) + flags + [f"-DCPU_CAPABILITY={name}", f"-DCPU_CAPABILITY_{name}"],
                 depends=ext.depends,
             )
+        # Link order matters: the base objects, then DEFAULT, then the SIMD levels. An inline function the
+        # kernel files share with other code (c10::toString, exception classes, ...) exists in every level's
+        # object; the linker keeps the first definition, so it is always the baseline copy, never one with
+        # AVX instructions that would fault on an older CPU.
         ext.extra_objects = list(ext.extra_objects or []) + objects
         super().build_extension(ext)
 
