@@ -16,6 +16,19 @@ import torch
 import torch.nn.functional as F
 
 _ops = torch.ops.torch_manualbp
+_linear_sigmoid_forward = _ops.linear_sigmoid_forward.default
+_linear_sigmoid_backward = _ops.linear_sigmoid_backward.default
+
+
+def _call_kernel(op, *args):
+    """op(*args), skipping the Python autograd wrapper that register_autograd (below) puts on the op
+    where that wrapper would only redispatch: grad mode off (inside Function.forward, and in a backward
+    without create_graph), in eager mode, outside functorch transforms. The wrapper costs more than the
+    kernels of a small layer; elsewhere (double backward, torch.compile, torch.func) it runs as usual."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +81,19 @@ class LinearSigmoidFunction(torch.autograd.Function):
 
     generate_vmap_rule = True
 
+    @classmethod
+    def apply(cls, input, weight, bias=None):
+        """Function.apply without its per-call inspect.signature binding of the arguments (they are
+        complete and positional here), which costs more than the kernels at small sizes. Under functorch
+        transforms, Function.apply itself; torch.compile traces forward/backward and skips this body."""
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(input, weight, bias)
+        args = torch._functorch.utils.unwrap_dead_wrappers((input, weight, bias))
+        return super(torch.autograd.Function, cls).apply(*args)
+
     @staticmethod
     def forward(input, weight, bias):
-        return _ops.linear_sigmoid_forward.default(input, weight, bias)
+        return _call_kernel(_linear_sigmoid_forward, input, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -86,9 +109,16 @@ class LinearSigmoidFunction(torch.autograd.Function):
         need_bias = need_bias and ctx.bias_sizes is not None
         if not (need_input or need_weight or need_bias):
             return None, None, None
-        grad_input, grad_weight, grad_bias = LinearSigmoidBackwardFunction.apply(
-            grad_output, input, weight, output, NonTensorArgs((ctx.bias_sizes, [need_input, need_weight, need_bias]))
-        )
+        mask = [need_input, need_weight, need_bias]
+        if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+            # create_graph / torch.func: the backward op's own Function, which has derivatives and tangents.
+            grad_input, grad_weight, grad_bias = LinearSigmoidBackwardFunction.apply(
+                grad_output, input, weight, output, NonTensorArgs((ctx.bias_sizes, mask))
+            )
+        else:
+            grad_input, grad_weight, grad_bias = _call_kernel(
+                _linear_sigmoid_backward, grad_output, input, weight, output, ctx.bias_sizes, mask
+            )
         return (
             grad_input if need_input else None,
             grad_weight if need_weight else None,
