@@ -119,7 +119,9 @@ def test_demo_trains_and_agrees_with_autograd(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float64", "bfloat16", "float16"])
 def test_demo_other_dtypes_agree_with_autograd(capsys, dtype):
-    assert main(["demo", "--steps", "2", "--dtype", dtype]) == 0
+    threads = torch.get_num_threads()
+    assert main(["demo", "--steps", "2", "--dtype", dtype, "--threads", "1"]) == 0
+    assert torch.get_num_threads() == threads  # restored for whatever runs next
     text = capsys.readouterr().out
     assert f"{dtype} on cpu" in text
     assert "gradients agree with autograd at all 2 checks" in text

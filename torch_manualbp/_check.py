@@ -30,7 +30,7 @@ COLUMNS = [("op", 22), ("variant", 46), ("check", 14), ("device", 7), ("dtype", 
 def add_arguments(parser):
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument(
-        "--op", action="append", choices=["linear_sigmoid", "softmax_cross_entropy"],
+        "--op", action="append", choices=sorted({case.op for case in cases()}),
         help="check only this op (repeatable; default: every op)",
     )
 

@@ -21,8 +21,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 HIDDEN = 32
 LEARNING_RATE = 0.05
 GRADIENT_CHECKS = 5  # at the first step, the last, and evenly between
-PROGRESS_LINES = 10
-REFERENCE_DTYPES = {torch.bfloat16: torch.float32, torch.float16: torch.float32}  # see compare_with_autograd  # progress lines printed when stdout is not a terminal
+PROGRESS_LINES = 10  # progress lines printed when stdout is not a terminal
+REFERENCE_DTYPES = {torch.bfloat16: torch.float32, torch.float16: torch.float32}  # see compare_with_autograd
 
 
 def add_arguments(parser):
@@ -187,8 +187,16 @@ def run(args):
     if plot_problem:
         out.write(plot_problem + "\n")
         return 2
-    dtype = DTYPES[args.dtype]
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return train_and_check(args, out)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def train_and_check(args, out):
+    dtype = DTYPES[args.dtype]
     started = time.perf_counter()
 
     points, labels = make_spiral(seed=args.seed)
