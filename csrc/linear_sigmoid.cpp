@@ -15,6 +15,7 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include "unrequested_output.h"
 #include "cpu/linear_sigmoid_kernel.h"
 #include "linear_sigmoid_args.h"
 #include "row_map_builder.h"
@@ -45,8 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_sigmoid_backward_cpu(
   const bool want_input = output_mask[0];
   const bool want_weight = output_mask[1];
   const bool want_bias = output_mask[2] && bias_sizes.has_value();
-  // Each output left out is its own empty tensor: outputs of an op must not alias one another.
-  const auto nothing = [&] { return at::empty({0}, input.options()); };
+  const auto nothing = [&] { return unrequested_output(input); };
   if (!want_input && !want_weight && !want_bias) return {nothing(), nothing(), nothing()};
 
   const auto acc_dtype = at::toOpMathType(input.scalar_type());

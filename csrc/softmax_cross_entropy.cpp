@@ -44,6 +44,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "unrequested_output.h"
 #include "cpu/softmax_cross_entropy_kernel.h"
 #include "softmax_cross_entropy_args.h"
 
@@ -112,8 +113,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cpu(
       grad_loss, input, target, weight, logsumexp, normalizer, reduction, ignore_index, label_smoothing);
   const bool want_input = output_mask[0];
   const bool want_target = output_mask[1] && shape.target_kind == TargetKind::kProbability;
-  // Each output left out is its own empty tensor: outputs of an op must not alias one another.
-  const auto nothing = [&] { return at::empty({0}, input.options()); };
+  const auto nothing = [&] { return unrequested_output(input); };
   if (!want_input && !want_target) return {nothing(), nothing()};
 
   const at::Tensor x = input.contiguous();

@@ -29,6 +29,7 @@
 #include <climits>
 #include <limits>
 
+#include "unrequested_output.h"
 #include "cuda/device_helpers.cuh"
 #include "softmax_cross_entropy_args.h"
 
@@ -226,7 +227,7 @@ struct PositionLoss {
   acc_t weight;  // the position's share of the 'mean' normalizer
 };
 
-// lse and the loss of one position from its statistics; ignored index targets give 0 and weigh nothing.
+// lse and the loss of one position from its statistics; ignored index targets give 0 and weigh nothing().
 template <typename scalar_t, bool kProbability>
 __device__ PositionLoss<at::opmath_type<scalar_t>> finish_position(
     const Problem<scalar_t>& pb, const RowStats<at::opmath_type<scalar_t>>& st, const Placement& here,
@@ -552,8 +553,8 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
   const bool probability = shape.target_kind == TargetKind::kProbability;
   const bool want_input = output_mask[0];
   const bool want_target = output_mask[1] && probability;
-  const at::Tensor nothing = at::empty({0}, input.options());
-  if (!want_input && !want_target) return {nothing, nothing};
+  const auto nothing = [&] { return unrequested_output(input); };
+  if (!want_input && !want_target) return {nothing(), nothing()};
 
   const c10::cuda::CUDAGuard device_guard(input.device());
   const at::ScalarType acc_dtype = logsumexp.scalar_type();
@@ -563,8 +564,8 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
   const at::Tensor grad_loss_values = grad_loss.contiguous();
   const at::Tensor lse = logsumexp.contiguous();
   const at::Tensor weight_sum = (!probability && w.defined() && label_smoothing > 0) ? w.sum() : at::Tensor();
-  at::Tensor grad_input = want_input ? at::empty(input.sizes(), input.options()) : nothing;
-  at::Tensor grad_target = want_target ? at::empty(input.sizes(), input.options()) : nothing;
+  at::Tensor grad_input = want_input ? at::empty(input.sizes(), input.options()) : nothing();
+  at::Tensor grad_target = want_target ? at::empty(input.sizes(), input.options()) : nothing();
   const LaunchPlan plan = plan_launch(shape);
   if (plan.blocks == 0) return {grad_input, grad_target};
 
