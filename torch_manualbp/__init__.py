@@ -9,13 +9,15 @@ import torch  # noqa: F401  (first: _C links against it)
 from . import _C  # noqa: F401  (registers torch.ops.torch_manualbp.*)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile / export)
 from . import functional
-from .functions import LinearSigmoidFunction
-from .modules import LinearSigmoid
+from .functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
+from .modules import LinearSigmoid, SoftmaxCrossEntropyLoss
 from .version import __version__
 
 __all__ = [
     "LinearSigmoid",
     "LinearSigmoidFunction",
+    "SoftmaxCrossEntropyFunction",
+    "SoftmaxCrossEntropyLoss",
     "functional",
     "__version__",
 ]

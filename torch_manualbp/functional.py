@@ -1,8 +1,8 @@
 """The functional API: argument normalisation, then the autograd.Function of each layer."""
-from ._checks import check_tensor
-from .functions import LinearSigmoidFunction
+from ._checks import check_float, check_int, check_reduction, check_tensor
+from .functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
 
-__all__ = ["linear_sigmoid"]
+__all__ = ["linear_sigmoid", "softmax_cross_entropy"]
 
 
 def linear_sigmoid(input, weight, bias=None):
@@ -21,3 +21,33 @@ def linear_sigmoid(input, weight, bias=None):
     check_tensor("linear_sigmoid", "weight", weight)
     check_tensor("linear_sigmoid", "bias", bias, optional=True)
     return LinearSigmoidFunction.apply(input, weight, bias)
+
+
+def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """``F.cross_entropy`` (softmax over dim 1 + cross-entropy), fused, with a hand-written backward.
+
+    Same arguments, values and gradients as ``torch.nn.functional.cross_entropy``.
+
+    Args:
+        input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; float32/64, bfloat16/float16
+            (these accumulate in float32).
+        target: class indices (int64 or uint8) of the input's shape without dim 1, or class
+            probabilities of the input's shape and dtype (differentiable; rows need not sum to 1).
+        weight: ``(C,)`` class weights, the input's dtype, or ``None``.
+        ignore_index: a class index whose positions contribute nothing (index targets; with
+            probability targets it must stay negative, as torch).
+        reduction: ``'none'`` (one loss per position), ``'mean'`` (divided by the total weight of the
+            non-ignored targets, or by the number of positions for probability targets) or ``'sum'``.
+        label_smoothing: eps in [0, 1]: the target becomes ``(1 - eps) target + eps / C``.
+    """
+    fn = "softmax_cross_entropy"
+    check_tensor(fn, "input", input)
+    check_tensor(fn, "target", target)
+    check_tensor(fn, "weight", weight, optional=True)
+    check_int(fn, "ignore_index", ignore_index)
+    check_reduction(reduction)
+    check_float(fn, "label_smoothing", label_smoothing)
+    loss, _, _ = SoftmaxCrossEntropyFunction.apply(
+        input, target, weight, reduction, ignore_index, float(label_smoothing)
+    )
+    return loss

@@ -2,9 +2,9 @@
 import torch
 from torch import nn
 
-from .functional import linear_sigmoid
+from .functional import linear_sigmoid, softmax_cross_entropy
 
-__all__ = ["LinearSigmoid"]
+__all__ = ["LinearSigmoid", "SoftmaxCrossEntropyLoss"]
 
 
 class LinearSigmoid(nn.Module):
@@ -37,3 +37,36 @@ class LinearSigmoid(nn.Module):
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class SoftmaxCrossEntropyLoss(nn.Module):
+    """A drop-in for ``nn.CrossEntropyLoss``: softmax over dim 1 and cross-entropy fused, with a
+    hand-written backward. Same arguments, defaults, values, gradients and state_dict keys; ``weight``
+    is a buffer, so it follows the module's ``.to()``.
+    """
+
+    __constants__ = ["ignore_index", "reduction", "label_smoothing"]
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input, target):
+        return softmax_cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def extra_repr(self):
+        weight = "None" if self.weight is None else f"({self.weight.shape[0]},)"
+        return (
+            f"weight={weight}, ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"label_smoothing={self.label_smoothing}"
+        )

@@ -1,0 +1,52 @@
+// Argument checks and shapes of the SoftmaxCrossEntropy ops, shared by the CPU and CUDA kernels.
+//
+// The input (logits) is seen as a contiguous (outer, classes, inner) array, class dimension 1 as in
+// F.cross_entropy:  (C,) -> (1, C, 1),  (N, C) -> (N, C, 1),  (N, C, d1, ..., dK) -> (N, C, d1 * ... * dK).
+// A "position" is one (n, s) pair of that view: one distribution over the classes, one loss term.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <string_view>
+
+#include <optional>
+#include <vector>
+
+namespace torch_manualbp {
+
+// Class indices (int64 or uint8, the input's shape without the class dim) or class probabilities
+// (floating, the input's dtype and exact shape).
+enum class TargetKind { kClassIndex, kProbability };
+
+enum class LossReduction { kNone, kMean, kSum };
+
+struct SoftmaxCrossEntropyShape {
+  int64_t outer;    // N (1 for an unbatched (C,) input)
+  int64_t classes;  // C
+  int64_t inner;    // S: product of the spatial dims d1..dK (1 for (C,) and (N, C))
+  TargetKind target_kind;
+  LossReduction reduction;
+  std::vector<int64_t> position_sizes;  // the input's shape without the class dim: logsumexp, and loss for 'none'
+  std::vector<int64_t> loss_sizes;      // position_sizes for 'none', {} (0-dim) for 'mean' and 'sum'
+
+  int64_t positions() const { return outer * inner; }
+};
+
+// 'none', 'mean' or 'sum'; anything else is a ValueError with torch's wording.
+LossReduction parse_reduction(std::string_view reduction);
+
+// float32 for float16/bfloat16 input, else the input's dtype: the type of logsumexp and normalizer.
+at::ScalarType logsumexp_dtype(at::ScalarType input_dtype);
+
+// Checks input, target, weight, reduction, ignore_index and label_smoothing; returns the shapes.
+SoftmaxCrossEntropyShape check_softmax_cross_entropy_forward(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    std::string_view reduction, int64_t ignore_index, double label_smoothing);
+
+// The forward's checks plus grad_loss (the loss's shape, or one that broadcasts to it), logsumexp
+// (position_sizes, logsumexp_dtype) and normalizer (0-dim or one element, logsumexp_dtype).
+SoftmaxCrossEntropyShape check_softmax_cross_entropy_backward(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp, const at::Tensor& normalizer,
+    std::string_view reduction, int64_t ignore_index, double label_smoothing);
+
+}  // namespace torch_manualbp
