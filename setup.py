@@ -146,7 +146,8 @@ BASE_SOURCES = sorted(glob.glob(os.path.join("csrc", "*.cpp"))) + sorted(
 CUDA_SOURCES = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
 
 opt = ["-O0", "-g", "-fno-omit-frame-pointer"] if DEBUG else ["-O3"]
-sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"] if SANITIZE else []
+# -fno-wrapv: Python's own CFLAGS carry -fwrapv, which defines signed overflow and so hides it from UBSan.
+sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-wrapv"] if SANITIZE else []
 cxx_flags = opt + sanitize + ["-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
 cxx_flags += ["-DTORCH_MANUALBP_SIMD_LEVELS=" + ",".join(name for name, _ in SIMD_LEVELS)]
 cxx_flags += ["-DTORCH_MANUALBP_HAVE_" + name for name, _ in SIMD_LEVELS]

@@ -2,7 +2,8 @@
 
 A drawn tensor has random values (from a drawn seed, so that a failing example replays) and a drawn
 memory layout: contiguous, transposed, permuted, sliced (every other element of a buffer whose gaps hold
-NaN, so that a kernel reading outside the view produces NaN), or expanded (zero strides; then the values
+NaN, or the smallest integer for class indices, so that a kernel reading outside the view produces NaN
+or an index error), or expanded (zero strides; then the values
 repeat along the expanded dims). Layouts other than "expanded" keep the values: only strides change.
 """
 
@@ -30,6 +31,13 @@ def randn(shape, dtype, seed, scale=1.0):
     return (torch.randn(shape, generator=generator(seed), dtype=torch.float64) * scale).to(dtype)
 
 
+def _gap_value(dtype):
+    """What fills the gaps of a sliced view: NaN, or for integers (class indices) an invalid index."""
+    if dtype.is_floating_point:
+        return float("nan")
+    return torch.iinfo(dtype).max if dtype == torch.uint8 else torch.iinfo(dtype).min
+
+
 def with_layout(values, layout, seed):
     """`values` with the memory layout `layout` (see the module docstring); its values are kept
     except for "expanded", where the dims chosen from `seed` are read from index 0 only."""
@@ -45,7 +53,7 @@ def with_layout(values, layout, seed):
         inverse = [order.index(d) for d in range(values.dim())]
         return values.permute(order).contiguous().permute(inverse)
     if layout == "sliced":
-        buffer = torch.full((*shape[:-1], 2 * shape[-1] + 1), float("nan"), dtype=values.dtype)
+        buffer = torch.full((*shape[:-1], 2 * shape[-1] + 1), _gap_value(values.dtype), dtype=values.dtype)
         view = buffer[..., 1::2]
         view.copy_(values)
         return view
@@ -57,11 +65,16 @@ def with_layout(values, layout, seed):
 
 
 @st.composite
-def tensors(draw, shape, dtype, scale=1.0, layouts=LAYOUTS):
-    """A tensor of `shape` with random values and a drawn layout."""
+def tensors(draw, shape, dtype, scale=1.0, layouts=LAYOUTS, values=None):
+    """A tensor of `shape` with a drawn layout and random values: normal times `scale`, or
+    values(shape, generator) (e.g. class indices, or positive weights) converted to `dtype`."""
     seed = draw(st.integers(0, 2**31 - 1))
     layout = draw(st.sampled_from(layouts))
-    return with_layout(randn(shape, dtype, seed, scale), layout, seed)
+    if values is None:
+        data = randn(shape, dtype, seed, scale)
+    else:
+        data = values(shape, generator(seed)).to(dtype)
+    return with_layout(data, layout, seed)
 
 
 def broadcast_shapes_to(shape):

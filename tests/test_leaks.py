@@ -10,11 +10,12 @@ import weakref
 import pytest
 import torch
 
-from torch_manualbp.functional import linear_sigmoid
+from torch_manualbp.functional import linear_sigmoid, softmax_cross_entropy
 
 ITERATIONS = 3000
 WARMUP = 300
-# A leaked (64, 128) float32 output per iteration alone would be 3000 * 32 KiB = 94 MiB.
+# A leaked (64, 128) float32 tensor (LinearSigmoid's output, CrossEntropy's grad_input) per iteration
+# alone would be 3000 * 32 KiB = 94 MiB.
 ALLOWED_GROWTH_MIB = 24
 
 
@@ -50,6 +51,32 @@ def _linear_sigmoid_steps():
     ]
 
 
+def _cross_entropy_step(x, target, create_graph, **options):
+    leaves = [x.detach().requires_grad_(), target.detach().requires_grad_(target.is_floating_point())]
+    loss = softmax_cross_entropy(*leaves, **options)
+    wrt = [t for t in leaves if t.requires_grad]
+    grads = torch.autograd.grad(loss, wrt, torch.ones_like(loss), create_graph=create_graph)
+    if create_graph:
+        torch.autograd.grad(sum(g.sum() for g in grads), wrt)
+
+
+def _cross_entropy_steps():
+    """One iteration for each path: index and probability targets, rows and spatial layouts, weights,
+    smoothing, ignore_index, every reduction, double backward, bfloat16."""
+    x, spatial = torch.randn(64, 128), torch.randn(4, 128, 16)
+    index = torch.randint(0, 128, (64,)).index_fill(0, torch.tensor([3, 9]), -100)
+    probabilities = torch.rand(64, 128)
+    weight = torch.rand(128) + 0.1
+    return [
+        lambda: _cross_entropy_step(x, index, False),
+        lambda: _cross_entropy_step(x, index, False, weight=weight, label_smoothing=0.1, reduction="sum"),
+        lambda: _cross_entropy_step(x, probabilities, False, reduction="none"),
+        lambda: _cross_entropy_step(spatial, torch.randint(0, 128, (4, 16)), False, weight=weight),
+        lambda: _cross_entropy_step(x[:8], probabilities[:8], True, weight=weight, label_smoothing=0.2),
+        lambda: _cross_entropy_step(x.bfloat16(), index, False, label_smoothing=0.1),
+    ]
+
+
 @pytest.fixture
 def one_intra_op_thread():
     # One thread: malloc's per-thread arenas would add noise to the resident size, and a leak does not
@@ -60,7 +87,7 @@ def one_intra_op_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("steps", [_linear_sigmoid_steps], ids=["linear_sigmoid"])
+@pytest.mark.parametrize("steps", [_linear_sigmoid_steps, _cross_entropy_steps], ids=["linear_sigmoid", "cross_entropy"])
 def test_resident_memory_stays_flat(steps, one_intra_op_thread):
     step_list = steps()
     for i in range(WARMUP):
@@ -82,7 +109,14 @@ def _linear_sigmoid_graph():
     return y, [x, weight, bias]
 
 
-@pytest.mark.parametrize("make_graph", [_linear_sigmoid_graph], ids=["linear_sigmoid"])
+def _cross_entropy_graph():
+    x = torch.randn(16, 8, requires_grad=True)
+    target = torch.rand(16, 8, requires_grad=True)
+    loss = softmax_cross_entropy(x, target, weight=torch.rand(8), label_smoothing=0.1)
+    return loss, [x, target]
+
+
+@pytest.mark.parametrize("make_graph", [_linear_sigmoid_graph, _cross_entropy_graph], ids=["linear_sigmoid", "cross_entropy"])
 @pytest.mark.parametrize("backward", ["none", "backward", "double_backward"])
 def test_outputs_and_saved_tensors_die_with_their_last_reference(make_graph, backward):
     # With the garbage collector off, only reference counting frees: a reference cycle through the

@@ -3,16 +3,18 @@
 * 16 Python threads calling the ops at once get bitwise the results of serial calls.
 * Repeated calls are bitwise identical.
 * 1 and 2 intra-op threads (torch.set_num_threads) agree within rounding; bitwise for everything that the
-  kernels reduce in a fixed order. Not bitwise: results of the GEMMs (MKL's sgemm splits its work by the
-  thread count, so float32 x @ W^T, dz @ W and dz^T @ x may differ in the last bits) and the gradient of a
-  bias that is not one row (ATen's sum_to, whose reduction order follows the thread count).
+  kernels reduce in a fixed order: all of SoftmaxCrossEntropy (loss, logsumexp, normalizer, gradients),
+  LinearSigmoid's grad_z and the gradient of a bias of shape (out,). Not bitwise: results of the GEMMs
+  (MKL's sgemm splits its work by the thread count, so float32 x @ W^T, dz @ W and dz^T @ x may differ in
+  the last bits) and the gradient of a bias that is not one row (ATen's sum_to, whose reduction order
+  follows the thread count).
 """
 import threading
 
 import pytest
 import torch
 
-from torch_manualbp.functional import linear_sigmoid
+from torch_manualbp.functional import linear_sigmoid, softmax_cross_entropy
 
 _ops = torch.ops.torch_manualbp
 THREADS = 16
@@ -137,3 +139,73 @@ def test_linear_sigmoid_forward_epilogue_is_bitwise_independent_of_threads(resto
     bias = torch.randn(96, generator=generator)
     one, two = (_with_threads(n, lambda c: linear_sigmoid(*c), (x, weight, bias)) for n in (1, 2))
     assert torch.equal(one, two)
+
+
+# ---- SoftmaxCrossEntropy: no GEMM, every reduction in a fixed order -> bitwise everywhere ----------------
+# (input shape, target kind, reduction, label smoothing, weighted): rows and spatial layouts, big enough to
+# split into many loss blocks and parallel chunks.
+CE_CASES = [
+    ((4096, 40), "index", "mean", 0.0, False),
+    ((300, 129), "index", "sum", 0.1, True),
+    ((64, 10, 33, 17), "index", "mean", 0.2, True),
+    ((8, 7, 1000), "probability", "mean", 0.0, False),
+    ((700, 64), "probability", "none", 0.3, True),
+    ((4, 3000, 9), "index", "none", 0.0, False),
+    ((50000,), "index", "mean", 0.1, True),
+]
+
+
+def _cross_entropy_case(i, dtype=torch.float32):
+    shape, kind, reduction, smoothing, weighted = CE_CASES[i % len(CE_CASES)]
+    generator = torch.Generator().manual_seed(i)
+    class_dim = 0 if len(shape) == 1 else 1
+    classes = shape[class_dim]
+    positions = shape[:class_dim] + shape[class_dim + 1 :]
+    x = (torch.randn(shape, generator=generator) * 4).to(dtype)
+    if kind == "index":
+        target = torch.randint(0, classes, positions, generator=generator)
+        target[torch.rand(positions, generator=generator) < 0.1] = -100
+    else:
+        target = torch.rand(shape, generator=generator).to(dtype)
+    weight = (torch.rand(classes, generator=generator) + 0.1).to(dtype) if weighted else None
+    grad_loss = torch.randn(positions if reduction == "none" else (), generator=generator).to(dtype)
+    options = dict(weight=weight, reduction=reduction, label_smoothing=smoothing)
+    return x, target, options, grad_loss
+
+
+def _cross_entropy_results(case):
+    """Loss, logsumexp and normalizer of the forward op, and the gradients of input (and target)."""
+    x, target, options, grad_loss = case
+    forward = _ops.softmax_cross_entropy_forward(
+        x, target, options["weight"], options["reduction"], -100, options["label_smoothing"]
+    )
+    leaves = [x.detach().requires_grad_(), target.detach().requires_grad_(target.is_floating_point())]
+    loss = softmax_cross_entropy(*leaves, **options)
+    grads = torch.autograd.grad(loss, [t for t in leaves if t.requires_grad], grad_loss)
+    return (*forward, *grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_from_16_threads_matches_serial_bitwise(dtype):
+    cases = [_cross_entropy_case(i, dtype) for i in range(THREADS)]
+    serial = [_cross_entropy_results(case) for case in cases]
+    threaded = _run_in_threads(_cross_entropy_results, cases)
+    for i, runs in enumerate(threaded):
+        for run in runs:
+            assert _bitwise_equal(run, serial[i]), f"thread {i} differs from the serial result"
+
+
+def test_cross_entropy_repeated_runs_are_bitwise_identical():
+    for i in range(len(CE_CASES)):
+        case = _cross_entropy_case(i)
+        first = _cross_entropy_results(case)
+        for _ in range(5):
+            assert _bitwise_equal(_cross_entropy_results(case), first)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cross_entropy_is_bitwise_independent_of_intra_op_threads(dtype, restore_num_threads):
+    for i in range(len(CE_CASES)):
+        case = _cross_entropy_case(i, dtype)
+        one, two = (_with_threads(n, _cross_entropy_results, case) for n in (1, 2))
+        assert _bitwise_equal(one, two), f"case {CE_CASES[i]}"
