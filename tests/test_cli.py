@@ -20,7 +20,7 @@ from torch_manualbp.functions import LinearSigmoidFunction, SoftmaxCrossEntropyF
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-DOCS = ROOT / "docs" / "cli.md"
+DOCS = ROOT / "README.md"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("ex*_*.py"))
 
 
@@ -243,7 +243,7 @@ def test_example_fails_when_a_backward_is_wrong(capsys, monkeypatch):
 
 # ---- docs -------------------------------------------------------------------------------------------
 def test_docs_name_real_files_and_functions():
-    """Every `file` | `function` pair in the tables of docs/cli.md exists in the source."""
+    """Every `file` | `function` pair in the tables of README.md exists in the source."""
     text = DOCS.read_text()
     rows = re.findall(
         r"^\|.*\|\s*`((?:csrc|torch_manualbp)/[^`]+)`\s*\|\s*((?:`\w+`(?:,\s*)?)+)\s*\|$", text, re.MULTILINE
