@@ -2,7 +2,7 @@
 import torch
 
 from ._autocast import FLOAT32, LOWER_PRECISION, cast_for_autocast
-from ._checks import check_float, check_int, check_reduction, check_tensor
+from ._argument_checks import check_float, check_int, check_reduction, check_tensor
 from .functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction, apply_layer
 
 _ops = torch.ops.torch_manualbp
