@@ -8,7 +8,8 @@
 //            kRowBlock elements read from memory once, each element exponentiated once (online
 //            logsumexp: the running sum is rescaled when the max grows, see row_sums);
 //   spatial  (inner > 1, class stride S): the SIMD lanes are consecutive positions of one outer index,
-//            looping over the classes, so (N, C, H, W) is read in place, untransposed.
+//            their running sums in registers while a loop sweeps the classes, so (N, C, H, W) is read
+//            in place, untransposed (column_sums / backward_spatial).
 #include "cpu/softmax_cross_entropy_kernel.h"
 
 #include <c10/util/BFloat16.h>
