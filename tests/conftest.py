@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import torch_manualbp
 
@@ -19,3 +20,13 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Hypothesis profiles of the property tests (tests/test_properties.py): "default" keeps `make test` fast;
+# TORCH_MANUALBP_HYPOTHESIS_PROFILE=long searches much longer (minutes), "sanitize" is for `make sanitize`.
+settings.register_profile(
+    "default", max_examples=40, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("long", parent=settings.get_profile("default"), max_examples=3000)
+settings.register_profile("sanitize", parent=settings.get_profile("default"), max_examples=15)
+settings.load_profile(os.environ.get("TORCH_MANUALBP_HYPOTHESIS_PROFILE", "default"))

@@ -27,7 +27,8 @@ struct LinearSigmoidKernels {
   //   grad_z[r, c] = grad_out(r, c) * y[r, c] * (1 - y[r, c])
   // and, when grad_bias != nullptr, its column sums grad_bias[c] = sum_r grad_z[r, c] (in the accumulation
   // type: float for float/bfloat16/float16, double for double), summed per block of kBiasGradBlockRows
-  // rows into `block_sums` (bias_grad_blocks(rows) x cols, same type) and then over blocks in order.
+  // rows into `block_sums` (bias_grad_blocks(rows) x cols, same type, overwritten) and then over blocks
+  // pairwise in a fixed order.
   void (*sigmoid_backward)(
       c10::ScalarType dtype, void* grad_z, const RowMap& grad_out, const void* y, int64_t rows, int64_t cols,
       void* grad_bias, void* block_sums);

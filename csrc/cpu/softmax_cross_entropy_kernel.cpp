@@ -5,8 +5,8 @@
 //
 // Two layouts of the (outer, classes, inner) input:
 //   rows     (inner == 1): a position is a contiguous row of C logits; one row at a time, in blocks of
-//            kRowBlock elements that are read from memory once (block max) and then exponentiated
-//            while they sit in L1 (online logsumexp: the running sum is rescaled when the max grows);
+//            kRowBlock elements read from memory once, each element exponentiated once (online
+//            logsumexp: the running sum is rescaled when the max grows, see row_sums);
 //   spatial  (inner > 1, class stride S): the SIMD lanes are consecutive positions of one outer index,
 //            looping over the classes, so (N, C, H, W) is read in place, untransposed.
 #include "cpu/softmax_cross_entropy_kernel.h"
@@ -34,13 +34,16 @@ constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
 template <typename acc_t>
 constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
 
-// The exponential of every kernel: ATen's exp_u20 (a degree-5 polynomial after range reduction, the one
-// ATen's own softmax kernels use), at most ~20 ulp of error instead of Sleef's 1 ulp, about twice as fast
-// on AVX2 (docs/ce.md has the measurements). Its arguments here are x - m <= 0 and x - lse <= ~0: -inf
-// gives exactly 0 (masked classes have probability 0) and results below FLT_MIN flush to 0. It does not
-// propagate NaN and clamps +inf, so the callers never give it NaN or +inf for a value they use: rows
-// holding NaN or +inf are detected from their max and written as NaN explicitly, as torch gives them.
-// For float64 exp_u20 is Sleef's exp.
+// The exponential of every kernel: ATen's exp_u20 (range reduction + a degree-5 polynomial, the one ATen's
+// own softmax kernels use) instead of Sleef's exp (Vectorized::exp, 1 ulp). Measured on the AVX2 (Zen 1)
+// machine of docs/ce.md: 1.05 vs 1.82 ns per element on one core, 4.5 ulp (3.7e-7) worst relative error
+// over [-80, 0] against 0.97 ulp, and end to end no visible difference (loss 2.3e-7 relative, gradient
+// 4.4e-7 mean relative error against float64 with either), while the (4096, 32768) forward takes 35%
+// less CPU time. Its arguments here are x - ref (kept only where at most kMaxReferenceGap) and x - lse
+// (<= ~0): -inf gives exactly 0 (masked classes have probability 0), results below FLT_MIN flush to 0.
+// It does not propagate NaN and clamps large arguments, so no value it returns for NaN or +inf is ever
+// used: rows holding NaN or +inf are detected from their max and written as NaN explicitly, as torch
+// gives them. For float64 exp_u20 is Sleef's exp.
 template <typename acc_t>
 inline Vectorized<acc_t> exp_fast(const Vectorized<acc_t>& x) {
   return x.exp_u20();

@@ -27,20 +27,14 @@ constexpr int64_t kConvertChunk = 256;
 template <typename T>
 constexpr bool is_reduced_v = !std::is_same_v<T, at::opmath_type<T>>;
 
-// sigmoid(z) without overflow: e = exp(-|z|) lies in (0, 1], and
-//   sigmoid(z) = 1 / (1 + e)  for z >= 0,      e / (1 + e)  for z < 0,
-// which keeps full relative precision in the lower tail and saturates exactly (z = +-100 gives 1 and ~0).
-// The exponential is ATen's exp_u20 (the one its softmax uses): for float about twice as fast as Sleef's
-// on AVX2, at most ~20 ulp of error in e, so at most ~20 ulp in sigmoid(z) (about 1e-6 relative;
-// docs/bench.md has the measurement); for double it is Sleef's exp. exp_u20 maps NaN to a number, so
-// NaN is put back explicitly: NaN stays NaN.
+// sigmoid(z) = 1 / (1 + exp(-z)), with ATen's own formula and exponential (Sleef, 1 ulp), so that y is
+// bitwise torch.sigmoid: exp(-z) overflowing to inf (z < -88.7 in float32) gives exactly 0, exp(-z)
+// vanishing gives exactly 1, NaN stays NaN. ATen's faster exp_u20 was measured too (docs: Performance): the
+// epilogue is under 1% of the layer's time next to its GEMMs, so the exact match is worth more.
 template <typename acc_t>
-inline Vectorized<acc_t> stable_sigmoid(const Vectorized<acc_t>& z) {
+inline Vectorized<acc_t> sigmoid_like_torch(const Vectorized<acc_t>& z) {
   const Vectorized<acc_t> one(acc_t(1));
-  const Vectorized<acc_t> e = z.abs().neg().exp_u20();
-  const Vectorized<acc_t> upper = one / (one + e);
-  const Vectorized<acc_t> sigmoid = Vectorized<acc_t>::blendv(upper, e * upper, z < Vectorized<acc_t>(acc_t(0)));
-  return Vectorized<acc_t>::blendv(sigmoid, z, z.isnan());
+  return one / (one + z.neg().exp());
 }
 
 }  // namespace torch_manualbp::cpu::CPU_CAPABILITY
