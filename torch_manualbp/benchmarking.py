@@ -334,7 +334,12 @@ def _git_commit():
 
 
 def _command():
-    return " ".join([os.path.basename(sys.executable)] + sys.argv)
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("torch_manualbp", "__main__.py")):
+        argv[0:1] = ["-m", "torch_manualbp"]
+    elif argv and argv[0].endswith(os.path.join("torch_manualbp", "benchmarking.py")):
+        argv[0:1] = ["-m", "torch_manualbp.benchmarking"]
+    return " ".join([os.path.basename(sys.executable)] + argv)
 
 
 def _environment(args):
