@@ -39,6 +39,7 @@ COMMAND_VARIABLE = "TORCH_MANUALBP_BENCH_COMMAND"  # the parent's command line, 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 # Shape and pass of the SIMD check: a short K keeps the GEMM small beside the passes around it.
 SIMD_CHECK_SHAPE = (4096, 16, 4096)
+SIMD_CHECK_ROUNDS = 2
 
 TIMERS = {"wall": time.perf_counter, "process": time.process_time}
 
@@ -237,8 +238,11 @@ def _profile(case, contender):
 def _simd_check(args):
     """The LinearSigmoid passes around the GEMM at ATEN_CPU_CAPABILITY=default and at the detected level."""
     arguments = [*SIMD_CHECK_SHAPE, min(args.min_run_time, 0.5), args.threads]
-    detected = probes.run_probe("simd", arguments)
-    forced = probes.run_probe("simd", arguments, extra_env={"ATEN_CPU_CAPABILITY": "default"})
+    runs = {"detected": [], "forced_default": []}
+    for _ in range(SIMD_CHECK_ROUNDS):  # alternating processes; the fastest of each kept
+        runs["detected"].append(probes.run_probe("simd", arguments))
+        runs["forced_default"].append(probes.run_probe("simd", arguments, extra_env={"ATEN_CPU_CAPABILITY": "default"}))
+    detected, forced = (_fastest_probe(runs[key]) for key in ("detected", "forced_default"))
     check = {"shape": "{}x{}->{}".format(*SIMD_CHECK_SHAPE), "detected": detected, "forced_default": forced}
     if "error" not in detected and "error" not in forced:
         check["forced_level_reported"] = forced["simd_level"] == "DEFAULT"
@@ -249,6 +253,17 @@ def _simd_check(args):
         }
     print("\nSIMD check:", json.dumps(check, indent=1))
     return check
+
+
+def _fastest_probe(results):
+    good = [r for r in results if "error" not in r]
+    if not good:
+        return results[0]
+    fastest = dict(good[0], seconds={
+        name: min(r["seconds"][name] for r in good) for name in good[0]["seconds"] if name != "forward_epilogue"
+    })
+    fastest["seconds"]["forward_epilogue"] = fastest["seconds"]["forward_op"] - fastest["seconds"]["gemm"]
+    return fastest
 
 
 def _goals(results, args):
@@ -319,7 +334,12 @@ def _git_commit():
 
 
 def _command():
-    return " ".join([os.path.basename(sys.executable)] + sys.argv)
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("torch_manualbp", "__main__.py")):
+        argv[0:1] = ["-m", "torch_manualbp"]
+    elif argv and argv[0].endswith(os.path.join("torch_manualbp", "benchmarking.py")):
+        argv[0:1] = ["-m", "torch_manualbp.benchmarking"]
+    return " ".join([os.path.basename(sys.executable)] + argv)
 
 
 def _environment(args):
