@@ -250,6 +250,7 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
         input, target, weight, reduction, ignore_index, label_smoothing = inputs
         _, logsumexp, normalizer = output
         ctx.mark_non_differentiable(logsumexp, normalizer)
+        ctx.set_materialize_grads(False)  # no zero gradient buffers for the non-differentiable outputs
         # References to the inputs and one value per position: nothing of the logits' size is created.
         ctx.save_for_backward(input, target, weight, logsumexp, normalizer)
         ctx.save_for_forward(input, target, weight, logsumexp, normalizer)
@@ -259,6 +260,8 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, grad_logsumexp, grad_normalizer):
+        if grad_loss is None:
+            return None, None, None, None, None, None
         input, target, weight, logsumexp, normalizer = ctx.saved_tensors
         need_input, need_target, need_weight = ctx.needs_input_grad[:3]
         if need_weight:  # as torch's nll_loss: class weights are constants
