@@ -5,12 +5,14 @@ Layout of the build:
   * csrc/cpu/*_kernel.cpp      the hand-written vectorized loops, compiled once per SIMD level
                                (DEFAULT, AVX2, AVX512 on x86-64) and chosen at run time from the CPU,
                                the way ATen builds its own kernels (see csrc/cpu/dispatch.h)
-  * csrc/cuda/*.cu             CUDA kernels, built when a CUDA build of torch and nvcc are present
+  * csrc/cuda/*.cu             CUDA kernels, built when a CUDA build of torch and a CUDA toolkit are present
+                               (no GPU needed: build machines often have none)
 
 Environment variables:
-  FORCE_CUDA=1                 build the CUDA kernels even if detection says no
-  TORCH_MANUALBP_NO_CUDA=1     never build the CUDA kernels
-  TORCH_CUDA_ARCH_LIST         CUDA architectures, honoured by torch.utils.cpp_extension
+  FORCE_CUDA=1                 build the CUDA kernels or fail saying why (never a silent CPU-only build)
+  TORCH_MANUALBP_NO_CUDA=1     never build the CUDA kernels (wins over FORCE_CUDA)
+  TORCH_CUDA_ARCH_LIST         CUDA architectures, e.g. "9.0" or "8.0;9.0+PTX"; unset: the visible GPUs', or
+                               with none visible every architecture this torch was built for
   CUDA_HOME                    the CUDA toolkit root; found from nvcc when unset (wrapper scripts included)
   TORCH_MANUALBP_DEBUG=1       -O0 -g, frame pointers on
   TORCH_MANUALBP_SANITIZE=1    -fsanitize=address,undefined (with DEBUG flags)
@@ -34,29 +36,41 @@ def _env_flag(name):
 
 
 def _cuda_home_from_nvcc():
-    """The toolkit root behind the nvcc on PATH, also when that nvcc is a wrapper script."""
+    """The toolkit root behind the nvcc on PATH, also when that nvcc is a wrapper script.
+
+    torch.utils.cpp_extension guesses dirname(dirname(which("nvcc"))), which is /usr/local for a wrapper
+    /usr/local/bin/nvcc that execs /usr/local/cuda-13.0/bin/nvcc. nvcc itself knows better: its dry run
+    prints the toolkit's own directory as TOP=<root>/bin/.., whatever script called it.
+    """
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         return None
-    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
+    candidates = []
     try:
-        # nvcc -dryrun prints the toolkit's own directory as TOP=... whatever wrapper called it.
-        out = subprocess.run([nvcc, "-dryrun", "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [nvcc, "-dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True, timeout=60
+        )
         for line in (out.stdout + out.stderr).splitlines():
-            match = re.search(r"TOP=(\S+)", line)
+            match = re.search(r"\bTOP=(\S+)", line)
             if match:
-                candidates.insert(0, os.path.normpath(match.group(1).rstrip("/").removesuffix("/bin/..")))
+                candidates.append(os.path.normpath(match.group(1)))
+                break
     except (OSError, subprocess.SubprocessError):
         pass
+    candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     for candidate in candidates:
-        if os.path.exists(os.path.join(candidate, "include", "cuda.h")) or os.path.exists(
-            os.path.join(candidate, "targets")
-        ):
+        if _is_cuda_toolkit(candidate):
             return candidate
     return None
 
 
-if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
+def _is_cuda_toolkit(root):
+    return os.path.isfile(os.path.join(root, "bin", "nvcc")) and os.path.isfile(
+        os.path.join(root, "include", "cuda_runtime.h")
+    )
+
+
+if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH") and not _env_flag("TORCH_MANUALBP_NO_CUDA"):
     _found = _cuda_home_from_nvcc()
     if _found:
         os.environ["CUDA_HOME"] = _found
@@ -66,28 +80,51 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
+def _cuda_problem():
+    """Why a CUDA build is impossible here, or None when a CUDA torch and a toolkit are both present."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build"
+    if CUDA_HOME is None or not _is_cuda_toolkit(CUDA_HOME):
+        return f"no CUDA toolkit found (CUDA_HOME={CUDA_HOME!r}; put nvcc on PATH or set CUDA_HOME)"
+    return None
+
+
 def _want_cuda():
     if _env_flag("TORCH_MANUALBP_NO_CUDA"):
         return False
-    if _env_flag("FORCE_CUDA"):
-        return True
+    problem = _cuda_problem()
+    if _env_flag("FORCE_CUDA") and problem is not None:
+        sys.exit(f"torch_manualbp: FORCE_CUDA=1 but the CUDA kernels cannot be built: {problem}")
     # A build machine often has no GPU: a CUDA build of torch plus a toolkit is enough.
-    return torch.version.cuda is not None and CUDA_HOME is not None
+    return problem is None
 
 
 def _cuda_include_dirs():
-    """Headers of the pip-installed CUDA libraries (cusparse.h, ...) that ATen's CUDA headers include."""
-    dirs = []
-    for site in sys.path:
-        dirs += glob.glob(os.path.join(site, "nvidia", "*", "include"))
-        dirs += glob.glob(os.path.join(site, "nvidia", "cu*", "include"))
-    return sorted(set(d for d in dirs if os.path.isdir(d)))
+    """The toolkit's headers, then those of the pip-installed CUDA libraries that torch depends on
+    (nvidia/cu13/include: cusparse.h, cublas_v2.h, ... which ATen's CUDA headers include and a bare toolkit
+    lacks). The toolkit comes first so that its own headers (cuda_runtime.h, ...) win over the copies there."""
+    site_packages = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    dirs = [os.path.join(CUDA_HOME, "include")]
+    dirs += sorted(glob.glob(os.path.join(site_packages, "nvidia", "*", "include")))
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def _default_cuda_arch_list():
+    """TORCH_CUDA_ARCH_LIST when unset and no GPU is visible: the architectures this torch was built for
+    (torch.utils.cpp_extension would otherwise fail on a GPU-less build machine), the newest also as PTX."""
+    arches = [a.split("_")[1] for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+    arches = [f"{a[:-1]}.{a[-1]}" for a in arches]
+    return ";".join(arches[:-1] + [arches[-1] + "+PTX"]) if arches else None
 
 
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 DEBUG = _env_flag("TORCH_MANUALBP_DEBUG") or _env_flag("TORCH_MANUALBP_SANITIZE")
 SANITIZE = _env_flag("TORCH_MANUALBP_SANITIZE")
 WITH_CUDA = _want_cuda()
+if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:
+    _arch_list = _default_cuda_arch_list()
+    if _arch_list:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list
 
 # SIMD levels of the kernel files, as ATen compiles its own (cmake/Codegen.cmake): name, flags.
 SIMD_LEVELS = [("DEFAULT", [])]
@@ -134,6 +171,10 @@ class SimdBuildExtension(BuildExtension):
                 extra_postargs=list(base_flags) + flags + [f"-DCPU_CAPABILITY={name}", f"-DCPU_CAPABILITY_{name}"],
                 depends=ext.depends,
             )
+        # Link order matters: the base objects, then DEFAULT, then the SIMD levels. An inline function the
+        # kernel files share with other code (c10::toString, exception classes, ...) exists in every level's
+        # object; the linker keeps the first definition, so it is always the baseline copy, never one with
+        # AVX instructions that would fault on an older CPU.
         ext.extra_objects = list(ext.extra_objects or []) + objects
         super().build_extension(ext)
 
@@ -141,8 +182,9 @@ class SimdBuildExtension(BuildExtension):
 def extension():
     include_dirs = [os.path.join(ROOT, "csrc")]
     depends = glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)
+    depends += glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True)
     if WITH_CUDA:
-        nvcc_flags = ["-O3" if not DEBUG else "-O0", "-lineinfo", "-DTORCH_MANUALBP_WITH_CUDA"]
+        nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + ["-DTORCH_MANUALBP_WITH_CUDA"]
         return CUDAExtension(
             "torch_manualbp._C",
             BASE_SOURCES + CUDA_SOURCES,
@@ -167,7 +209,8 @@ def write_build_config():
         "torch_version": torch.__version__,
         "cuda": WITH_CUDA,
         "cuda_version": torch.version.cuda if WITH_CUDA else None,
-        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if WITH_CUDA else None,
+        "cuda_home": CUDA_HOME if WITH_CUDA else None,
+        "cuda_arch_list": (os.environ.get("TORCH_CUDA_ARCH_LIST") or "the visible GPUs'") if WITH_CUDA else None,
         "simd_levels": [name for name, _ in SIMD_LEVELS],
         "cxx_flags": cxx_flags,
         "link_flags": link_flags,
@@ -184,4 +227,7 @@ write_build_config()
 setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": SimdBuildExtension.with_options(use_ninja=True)},
+    # One build folder per torch: `make test` (CPU torch) and `make cuda-build` (CUDA torch) build from the same
+    # checkout, and each keeps its objects instead of recompiling the other's away.
+    options={"build": {"build_base": os.path.join("build", "torch-" + torch.__version__)}},
 )

@@ -15,6 +15,7 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include "unrequested_output.h"
 #include "cpu/linear_sigmoid_kernel.h"
 #include "linear_sigmoid_args.h"
 #include "row_map_builder.h"
@@ -45,8 +46,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_sigmoid_backward_cpu(
   const bool want_input = output_mask[0];
   const bool want_weight = output_mask[1];
   const bool want_bias = output_mask[2] && bias_sizes.has_value();
-  const at::Tensor nothing = at::empty({0}, input.options());
-  if (!want_input && !want_weight && !want_bias) return {nothing, nothing, nothing};
+  const auto nothing = [&] { return unrequested_output(input); };
+  if (!want_input && !want_weight && !want_bias) return {nothing(), nothing(), nothing()};
 
   const auto acc_dtype = at::toOpMathType(input.scalar_type());
   const bool fuse_bias = want_bias && bias_is_row_vector(*bias_sizes, shape.out_features);
@@ -68,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_sigmoid_backward_cpu(
     grad_z.zero_();
   }
 
-  at::Tensor grad_input = nothing, grad_weight = nothing, grad_bias = nothing;
+  at::Tensor grad_input = nothing(), grad_weight = nothing(), grad_bias = nothing();
   if (want_input) grad_input = at::mm(grad_z, weight).view(input.sizes());
   if (want_weight) grad_weight = at::mm(grad_z.t(), input.reshape({shape.rows, shape.in_features}));
   if (want_bias) {

@@ -44,6 +44,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "unrequested_output.h"
 #include "cpu/softmax_cross_entropy_kernel.h"
 #include "softmax_cross_entropy_args.h"
 
@@ -112,8 +113,8 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cpu(
       grad_loss, input, target, weight, logsumexp, normalizer, reduction, ignore_index, label_smoothing);
   const bool want_input = output_mask[0];
   const bool want_target = output_mask[1] && shape.target_kind == TargetKind::kProbability;
-  const at::Tensor nothing = at::empty({0}, input.options());
-  if (!want_input && !want_target) return {nothing, nothing};
+  const auto nothing = [&] { return unrequested_output(input); };
+  if (!want_input && !want_target) return {nothing(), nothing()};
 
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
@@ -121,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cpu(
   const at::Tensor grad_loss_values = grad_loss.contiguous();
   const at::Tensor lse = logsumexp.contiguous();
   at::Tensor grad_input = at::empty(input.sizes(), input.options());
-  at::Tensor grad_target = want_target ? at::empty(input.sizes(), input.options()) : nothing;
+  at::Tensor grad_target = want_target ? at::empty(input.sizes(), input.options()) : nothing();
 
   cpu::CrossEntropyBackwardArgs args;
   args.grad_loss = grad_loss_values.const_data_ptr();
@@ -132,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cpu(
   args.grad_target = want_target ? grad_target.data_ptr() : nullptr;
   cpu::softmax_cross_entropy_kernels_for_this_cpu().backward(
       make_problem(shape, x, t, w, ignore_index, label_smoothing), args);
-  return {want_input ? grad_input : nothing, grad_target};
+  return {want_input ? grad_input : nothing(), grad_target};
 }
 
 }  // namespace

@@ -159,6 +159,18 @@ def test_long_rows_online_max_grows_across_blocks():
     assert_matches_torch(x.double()[:2], probs[:2], None, dict(rtol=1e-12, atol=1e-12), reduction="none")
 
 
+@pytest.mark.parametrize("kind", ["index", "probability"])
+def test_spatial_positions_whose_first_class_is_masked_or_far_below_the_max(kind):
+    """(N, C, H, W): exponentials are taken relative to class 0 unless it is -inf or far below the max."""
+    x, target, weight = make_case((2, 6, 5, 3), kind, torch.float64, weighted=True)
+    x[:, 0, 0, 0] = float("-inf")
+    x[:, 0, 1, :] = -200.0
+    x[1, 4, 2, 1] = 120.0
+    for reduction in REDUCTIONS:
+        for smoothing in (0.0, 0.3):
+            assert_matches_torch(x, target, weight, dict(rtol=1e-12, atol=1e-12), reduction=reduction, label_smoothing=smoothing)
+
+
 def test_uint8_targets_and_ignore_index_inside_the_class_range():
     x, target, weight = make_case((9, 6), "index", torch.float32, weighted=True, ignored=False)
     assert_matches_torch(x, target.to(torch.uint8), weight, TOL[torch.float32])

@@ -8,6 +8,8 @@ import torch  # noqa: F401  (first: _C links against it)
 
 from . import _C  # noqa: F401  (registers torch.ops.torch_manualbp.*)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile / export)
+from . import _vmap  # noqa: F401  (batching rules for torch.vmap / torch.func)
+from . import _autocast  # noqa: F401  (autocast kernels of the ops)
 from . import functional
 from .functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
 from .modules import LinearSigmoid, SoftmaxCrossEntropyLoss

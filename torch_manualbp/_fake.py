@@ -23,11 +23,10 @@ def _linear_sigmoid_forward_fake(input, weight, bias):
 @torch.library.register_fake("torch_manualbp::linear_sigmoid_backward")
 def _linear_sigmoid_backward_fake(grad_output, input, weight, output, bias_sizes, output_mask):
     _linear_sigmoid_output_shape("linear_sigmoid_backward", input, weight)
-    nothing = input.new_empty((0,))
     return (
-        input.new_empty(input.shape) if output_mask[0] else nothing,
-        weight.new_empty(weight.shape) if output_mask[1] else nothing,
-        input.new_empty(bias_sizes) if output_mask[2] and bias_sizes is not None else nothing,
+        input.new_empty(input.shape) if output_mask[0] else input.new_empty((0,)),
+        weight.new_empty(weight.shape) if output_mask[1] else input.new_empty((0,)),
+        input.new_empty(bias_sizes) if output_mask[2] and bias_sizes is not None else input.new_empty((0,)),
     )
 
 
@@ -122,8 +121,7 @@ def _softmax_cross_entropy_backward_fake(
         lambda: f"{op}: expected logsumexp of shape {positions}, but got logsumexp of shape {list(logsumexp.shape)}",
     )
     probability = target.shape == input.shape
-    nothing = input.new_empty((0,))
     return (
-        input.new_empty(input.shape) if output_mask[0] else nothing,
-        input.new_empty(input.shape) if output_mask[1] and probability else nothing,
+        input.new_empty(input.shape) if output_mask[0] else input.new_empty((0,)),
+        input.new_empty(input.shape) if output_mask[1] and probability else input.new_empty((0,)),
     )

@@ -1,6 +1,11 @@
 """The functional API: argument normalisation, then the autograd.Function of each layer."""
-from ._checks import check_float, check_int, check_reduction, check_tensor
-from .functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
+import torch
+
+from ._autocast import FLOAT32, LOWER_PRECISION, cast_for_autocast
+from ._argument_checks import check_float, check_int, check_reduction, check_tensor
+from .functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction, apply_layer
+
+_ops = torch.ops.torch_manualbp
 
 __all__ = ["linear_sigmoid", "softmax_cross_entropy"]
 
@@ -15,12 +20,14 @@ def linear_sigmoid(input, weight, bias=None):
             (e.g. a per-sample ``(N, out_features)``); its gradient comes back in its own shape.
 
     Returns:
-        ``(*, out_features)``, the dtype of ``input``.
+        ``(*, out_features)``, the dtype of ``input``; under ``torch.autocast`` the autocast dtype, as
+        ``F.linear`` (float64 is never cast).
     """
     check_tensor("linear_sigmoid", "input", input)
     check_tensor("linear_sigmoid", "weight", weight)
     check_tensor("linear_sigmoid", "bias", bias, optional=True)
-    return LinearSigmoidFunction.apply(input, weight, bias)
+    input, weight, bias = cast_for_autocast(LOWER_PRECISION, input.device.type, input, weight, bias)
+    return apply_layer(LinearSigmoidFunction, _ops.linear_sigmoid_forward.default, input, weight, bias)
 
 
 def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
@@ -39,6 +46,8 @@ def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reducti
         reduction: ``'none'`` (one loss per position), ``'mean'`` (divided by the total weight of the
             non-ignored targets, or by the number of positions for probability targets) or ``'sum'``.
         label_smoothing: eps in [0, 1]: the target becomes ``(1 - eps) target + eps / C``.
+
+    Under ``torch.autocast`` it runs in float32, as ``F.cross_entropy`` (float64 is never cast).
     """
     fn = "softmax_cross_entropy"
     check_tensor(fn, "input", input)
@@ -47,7 +56,10 @@ def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reducti
     check_int(fn, "ignore_index", ignore_index)
     check_reduction(reduction)
     check_float(fn, "label_smoothing", label_smoothing)
-    loss, _, _ = SoftmaxCrossEntropyFunction.apply(
-        input, target, weight, reduction, ignore_index, float(label_smoothing)
+    input, target, weight = cast_for_autocast(FLOAT32, input.device.type, input, target, weight)
+    loss, _, _ = apply_layer(
+        SoftmaxCrossEntropyFunction,
+        _ops.softmax_cross_entropy_forward.default,
+        input, target, weight, reduction, ignore_index, float(label_smoothing),
     )
     return loss

@@ -20,12 +20,12 @@ void bias_sigmoid_row(acc_t* z, const acc_t* bias, acc_t bias_value, int64_t n) 
   int64_t c = 0;
   for (; c + Vec::size() <= n; c += Vec::size()) {
     const Vec b = bias != nullptr ? Vec::loadu(bias + c) : bias_splat;
-    stable_sigmoid(Vec::loadu(z + c) + b).store(z + c);
+    sigmoid_like_torch(Vec::loadu(z + c) + b).store(z + c);
   }
   if (c < n) {
     const int64_t rest = n - c;
     const Vec b = bias != nullptr ? Vec::loadu(bias + c, rest) : bias_splat;
-    stable_sigmoid(Vec::loadu(z + c, rest) + b).store(z + c, rest);
+    sigmoid_like_torch(Vec::loadu(z + c, rest) + b).store(z + c, rest);
   }
 }
 

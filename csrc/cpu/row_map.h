@@ -1,9 +1,12 @@
-// A tensor broadcast to a (rows, cols) matrix, as the CPU kernels read it: row r starts at element
+// A tensor broadcast to a (rows, cols) matrix, as the CPU and CUDA kernels read it: row r starts at element
 // offset(r) of `data`, and element c of a row is at c * col_stride (1: a contiguous row; 0: one value
 // repeated along the row). Rows are the flattened leading dims of the broadcast shape, so a bias of
 // shape (out,), (N, out), (1, 1) or a zero-stride upstream gradient are all read in place, uncopied.
-// Plain data on purpose: the per-SIMD-level kernel files include it without ATen's Tensor.
+// Plain data on purpose: the per-SIMD-level kernel files include it without ATen's Tensor, and the CUDA
+// kernels take it by value as a kernel argument.
 #pragma once
+
+#include <c10/macros/Macros.h>
 
 #include <cstdint>
 
@@ -18,7 +21,7 @@ struct RowMap {
   int64_t sizes[kMaxDims] = {};
   int64_t strides[kMaxDims] = {};  // in elements
 
-  int64_t offset(int64_t row) const {
+  C10_HOST_DEVICE int64_t offset(int64_t row) const {
     int64_t off = 0;
     for (int64_t d = ndim - 1; d >= 0; --d) {
       off += (row % sizes[d]) * strides[d];

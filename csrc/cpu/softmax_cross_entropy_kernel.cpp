@@ -8,7 +8,8 @@
 //            kRowBlock elements read from memory once, each element exponentiated once (online
 //            logsumexp: the running sum is rescaled when the max grows, see row_sums);
 //   spatial  (inner > 1, class stride S): the SIMD lanes are consecutive positions of one outer index,
-//            looping over the classes, so (N, C, H, W) is read in place, untransposed.
+//            their running sums in registers while a loop sweeps the classes, so (N, C, H, W) is read
+//            in place, untransposed (column_sums / backward_spatial).
 #include "cpu/softmax_cross_entropy_kernel.h"
 
 #include <c10/util/BFloat16.h>
@@ -403,6 +404,72 @@ inline const acc_t* chunk_as_acc(
   }
 }
 
+// Per SIMD lane (one spatial position each), over the classes of a column with class stride `stride`:
+// the max and, relative to `ref`, the exponentials and the linear term.
+template <typename acc_t>
+struct ColumnSums {
+  Vectorized<acc_t> max, sum, lin, coef;
+};
+
+template <typename acc_t, Linear kLinear, bool kWeighted>
+ColumnSums<acc_t> column_sweep(
+    const LossConstants<acc_t>& k, const acc_t* x, int64_t x_stride, const acc_t* p, int64_t p_stride, int64_t count,
+    const Vectorized<acc_t>& ref) {
+  using Vec = Vectorized<acc_t>;
+  ColumnSums<acc_t> sums{Vec(-kInf<acc_t>), Vec(acc_t(0)), Vec(acc_t(0)), Vec(acc_t(0))};
+  for (int64_t c = 0; c < k.classes; ++c) {
+    const Vec xv = load_lanes<Vec>(x + c * x_stride, count);
+    sums.max = at::vec::maximum(sums.max, xv);
+    sums.sum = sums.sum + exp_fast(xv - ref);
+    if constexpr (kLinear != Linear::kNone) {
+      Vec a;
+      if constexpr (kLinear == Linear::kClassWeight) {
+        a = Vec(k.class_weight(c));
+      } else {
+        a = at::vec::fmadd(Vec(k.keep), load_lanes<Vec>(p + c * p_stride, count), Vec(k.smooth));
+        if constexpr (kWeighted) a = a * Vec(k.weight[c]);
+      }
+      sums.lin = at::vec::fmadd(a, xv - ref, sums.lin);
+      sums.coef = sums.coef + a;
+    }
+  }
+  return sums;
+}
+
+// One vector of positions in a single sweep over the classes: the exponentials are taken relative to
+// class 0's logit and rescaled by exp(ref - m) at the end (lin shifted by A (ref - m)); where that
+// reference was not finite or lies more than kMaxReferenceGap below the max, the column is swept again
+// relative to its max. Lanes whose max is not finite come back with meaningless sums (the caller
+// writes NaN there).
+template <typename acc_t, Linear kLinear, bool kWeighted>
+ColumnSums<acc_t> column_sums(
+    const LossConstants<acc_t>& k, const acc_t* x, int64_t x_stride, const acc_t* p, int64_t p_stride,
+    int64_t count) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const Vec ref = load_lanes<Vec>(x, count);
+  ColumnSums<acc_t> sums = column_sweep<acc_t, kLinear, kWeighted>(k, x, x_stride, p, p_stride, count, ref);
+  std::array<acc_t, V> ref_lanes, max_lanes;
+  ref.store(ref_lanes.data());
+  sums.max.store(max_lanes.data());
+  bool sweep_again = false;
+  for (int64_t l = 0; l < count; ++l) {
+    sweep_again |= std::isfinite(max_lanes[l]) &&
+        !(std::isfinite(ref_lanes[l]) && max_lanes[l] - ref_lanes[l] <= acc_t(kMaxReferenceGap));
+  }
+  if (sweep_again) {
+    for (int64_t l = 0; l < V; ++l) max_lanes[l] = std::isfinite(max_lanes[l]) ? max_lanes[l] : acc_t(0);
+    const Vec max = sums.max;
+    sums = column_sweep<acc_t, kLinear, kWeighted>(k, x, x_stride, p, p_stride, count, Vec::loadu(max_lanes.data()));
+    sums.max = max;
+    return sums;
+  }
+  const Vec shift = ref - sums.max;  // <= 0 where the max is finite
+  sums.sum = sums.sum * exp_fast(shift);
+  if constexpr (kLinear != Linear::kNone) sums.lin = at::vec::fmadd(sums.coef, shift, sums.lin);
+  return sums;
+}
+
 template <typename T, Linear kLinear, bool kWeighted>
 void forward_spatial(const CrossEntropyProblem& problem, const CrossEntropyForwardOutputs& out) {
   using acc_t = at::opmath_type<T>;
@@ -420,49 +487,25 @@ void forward_spatial(const CrossEntropyProblem& problem, const CrossEntropyForwa
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> x_buffer(is_reduced_v<T> ? C * lanes : 0);
     std::vector<acc_t> p_buffer(is_reduced_v<T> && prob != nullptr ? C * lanes : 0);
-    alignas(64) std::array<acc_t, kMaxLanes> m, s, lin, coef_sum;
+    alignas(64) std::array<acc_t, kMaxLanes> m, log_s, lin, coef_sum;
     for (int64_t b = begin; b < end; ++b) {
       const Chunk chunk = chunk_of(b, S, lanes);
       int64_t x_stride = 0, p_stride = 0;
       const acc_t* x = chunk_as_acc(input, chunk, C, S, lanes, x_buffer.data(), x_stride);
       const acc_t* p = prob != nullptr ? chunk_as_acc(prob, chunk, C, S, lanes, p_buffer.data(), p_stride) : nullptr;
-      // Pass 1: m per lane (NaN-propagating). Pass 2: s, lin, A per lane, the chunk still in L1.
-      for (int64_t j = 0; j < chunk.len; j += V) Vec(-kInf<acc_t>).store(m.data() + j);
-      for (int64_t c = 0; c < C; ++c) {
-        for (int64_t j = 0; j < chunk.len; j += V) {
-          const Vec xv = load_lanes<Vec>(x + c * x_stride + j, std::min<int64_t>(V, chunk.len - j));
-          at::vec::maximum(Vec::loadu(m.data() + j), xv).store(m.data() + j);
-        }
-      }
       for (int64_t j = 0; j < chunk.len; j += V) {
-        Vec(acc_t(0)).store(s.data() + j);
-        Vec(acc_t(0)).store(lin.data() + j);
-        Vec(acc_t(0)).store(coef_sum.data() + j);
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        for (int64_t j = 0; j < chunk.len; j += V) {
-          const int64_t count = std::min<int64_t>(V, chunk.len - j);
-          const Vec xv = load_lanes<Vec>(x + c * x_stride + j, count);
-          const Vec mv = Vec::loadu(m.data() + j);
-          (Vec::loadu(s.data() + j) + exp_fast(xv - mv)).store(s.data() + j);
-          if constexpr (kLinear != Linear::kNone) {
-            Vec a;
-            if constexpr (kLinear == Linear::kClassWeight) {
-              a = Vec(k.class_weight(c));
-            } else {
-              a = at::vec::fmadd(Vec(k.keep), load_lanes<Vec>(p + c * p_stride + j, count), Vec(k.smooth));
-              if constexpr (kWeighted) a = a * Vec(k.weight[c]);
-            }
-            at::vec::fmadd(a, xv - mv, Vec::loadu(lin.data() + j)).store(lin.data() + j);
-            (Vec::loadu(coef_sum.data() + j) + a).store(coef_sum.data() + j);
-          }
-        }
+        const ColumnSums<acc_t> column = column_sums<acc_t, kLinear, kWeighted>(
+            k, x + j, x_stride, p != nullptr ? p + j : nullptr, p_stride, std::min<int64_t>(V, chunk.len - j));
+        column.max.store(m.data() + j);
+        column.sum.log().store(log_s.data() + j);
+        column.lin.store(lin.data() + j);
+        column.coef.store(coef_sum.data() + j);
       }
       acc_t loss_sum = 0, weight_sum = 0;
       for (int64_t l = 0; l < chunk.len; ++l) {
         const int64_t position = chunk.n * S + chunk.s0 + l;
         const bool finite = std::isfinite(m[l]);
-        const acc_t log_sum = finite ? std::log(s[l]) : -kInf<acc_t>;
+        const acc_t log_sum = finite ? log_s[l] : -kInf<acc_t>;
         logsumexp[position] = finite ? m[l] + log_sum : m[l];
         const PositionLoss<acc_t> loss = position_loss<acc_t, kLinear>(
             problem, k, position, finite, m[l], log_sum, coef_sum[l], lin[l],
@@ -725,39 +768,32 @@ void backward_spatial(const CrossEntropyProblem& problem, const CrossEntropyBack
           target_term[l] = g * k.keep * w_t;
         }
       }
-      if constexpr (kProbability) {  // gA = g A, A = sum_c a_c per lane
+      // One vector of positions at a time, its per-lane factors in registers, sweeping the classes.
+      for (int64_t j = 0; j < chunk.len; j += V) {
+        const int64_t count = std::min<int64_t>(V, chunk.len - j);
+        const Vec lse_v = Vec::loadu(lse.data() + j), gb_v = Vec::loadu(gb.data() + j);
+        Vec gA_v = Vec::loadu(gA.data() + j);
+        auto coef = [&](int64_t c) {  // a_c of probability targets
+          Vec a = at::vec::fmadd(Vec(k.keep), load_lanes<Vec>(p + c * p_stride + j, count), Vec(k.smooth));
+          return kWeighted ? a * Vec(k.weight[c]) : a;
+        };
+        if constexpr (kProbability) {  // gA = g A, A = sum_c a_c
+          Vec coef_sum(acc_t(0));
+          for (int64_t c = 0; c < C; ++c) coef_sum = coef_sum + coef(c);
+          gA_v = coef_sum * gb_v;
+        }
         for (int64_t c = 0; c < C; ++c) {
-          const acc_t w_c = k.class_weight(c);
-          for (int64_t j = 0; j < chunk.len; j += V) {
-            Vec a = at::vec::fmadd(
-                Vec(k.keep), load_lanes<Vec>(p + c * p_stride + j, std::min<int64_t>(V, chunk.len - j)), Vec(k.smooth));
-            if constexpr (kWeighted) a = a * Vec(w_c);
-            (Vec::loadu(gA.data() + j) + a).store(gA.data() + j);
-          }
-        }
-        for (int64_t j = 0; j < chunk.len; j += V) {
-          (Vec::loadu(gA.data() + j) * Vec::loadu(gb.data() + j)).store(gA.data() + j);
-        }
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t w_c = k.class_weight(c);
-        for (int64_t j = 0; j < chunk.len; j += V) {
-          const int64_t count = std::min<int64_t>(V, chunk.len - j);
           const Vec xv = load_lanes<Vec>(x + c * x_stride + j, count);
-          const Vec lse_v = Vec::loadu(lse.data() + j);
           const Vec e = exp_fast(xv - lse_v);
-          const Vec gb_v = Vec::loadu(gb.data() + j);
           Vec b;
           if constexpr (kProbability) {
-            Vec a = at::vec::fmadd(Vec(k.keep), load_lanes<Vec>(p + c * p_stride + j, count), Vec(k.smooth));
-            if constexpr (kWeighted) a = a * Vec(w_c);
-            b = gb_v * a;
+            b = gb_v * coef(c);
           } else {
-            b = kWeighted ? gb_v * Vec(w_c) : gb_v;
+            b = kWeighted ? gb_v * Vec(k.weight[c]) : gb_v;
           }
-          at::vec::fmsub(e, Vec::loadu(gA.data() + j), b).store(out + c * out_stride + j, count);
+          at::vec::fmsub(e, gA_v, b).store(out + c * out_stride + j, count);
           if (out_target != nullptr) {
-            (gb_v * Vec(k.keep * w_c) * (lse_v - xv)).store(out_target + c * out_stride + j, count);
+            (gb_v * Vec(k.keep * k.class_weight(c)) * (lse_v - xv)).store(out_target + c * out_stride + j, count);
           }
         }
       }

@@ -50,7 +50,8 @@ struct CrossEntropyBackwardArgs {
 // thread count, and are then added in order (bitwise deterministic reductions).
 constexpr int64_t kRowsPerLossBlock = 16;
 
-// Elements of one spatial chunk (classes x lanes) kept in L1 while the chunk is processed.
+// Elements of one spatial chunk (classes x lanes): the unit of the reduction order and of the conversion
+// of bfloat16/float16 inputs to float (kept in L1).
 constexpr int64_t kSpatialChunkElements = 4096;
 
 inline int64_t spatial_lanes(int64_t classes) {

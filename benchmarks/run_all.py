@@ -1,0 +1,13 @@
+"""The whole suite (LinearSigmoid and softmax cross-entropy), as `python -m torch_manualbp bench`.
+
+    python benchmarks/run_all.py [--dtype float32] [--threads 2] [--thp both] [--repeats 3]
+
+The numbers of docs/bench.md come from `python benchmarks/run_all.py --thp both`.
+Every option: python -m torch_manualbp.benchmarking --help.
+"""
+import sys
+
+from _entry import run_suite
+
+if __name__ == "__main__":
+    sys.exit(run_suite([]))

@@ -1,0 +1,258 @@
+"""The command line (python -m torch_manualbp demo|check|info|bench) and the worked examples.
+
+Each command and example runs once as a user runs it, in a subprocess against the installed package;
+the failure paths run in-process, where the library's backward can be corrupted with monkeypatch to
+show that demo and check catch a wrong gradient.
+"""
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import torch_manualbp
+from torch_manualbp import _C, _check_cases
+from torch_manualbp.__main__ import main
+from torch_manualbp.functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DOCS = ROOT / "README.md"
+EXAMPLE_FILES = sorted(EXAMPLES.glob("ex*_*.py"))
+
+
+def run_cli(*args, cwd):
+    """`python -m torch_manualbp ARGS` from `cwd` (not the source tree: the installed package is the one run)."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch_manualbp", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def has_benchmarking():
+    try:
+        import torch_manualbp.benchmarking  # noqa: F401
+    except ModuleNotFoundError as error:
+        if error.name != "torch_manualbp.benchmarking":
+            raise
+        return False
+    return True
+
+
+# ---- --help -----------------------------------------------------------------------------------------
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("demo", "check", "info", "bench"):
+        assert command in text
+
+
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        ("demo", ["--steps", "--seed", "--device", "--dtype", "--plot", "--threads"]),
+        ("check", ["--device", "--op"]),
+        ("info", []),
+        ("bench", []),
+    ],
+)
+def test_help_of_each_command(capsys, command, options):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert f"python -m torch_manualbp {command}" in text
+    for option in options:
+        assert option in text
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert "required" in capsys.readouterr().err
+
+
+# ---- info, bench ------------------------------------------------------------------------------------
+def test_info(tmp_path):
+    result = run_cli("info", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert torch_manualbp.__version__ in text
+    assert torch.__version__ in text
+    assert re.search(r"backends compiled\s+CPU" + (", CUDA" if _C.built_with_cuda() else r"\n"), text)
+    assert re.search(rf"CPU kernels SIMD level\s+{_C.cpu_simd_level()}", text)
+    assert re.search(rf"torch threads\s+{torch.get_num_threads()}\n", text)
+    assert re.search(r"threads the kernels used\s+\d+", text)
+    assert re.search(r"OpenMP\s+yes", text)
+    assert "-fopenmp" in text  # the build flags, from _build_config.py
+
+
+def test_bench(tmp_path):
+    if has_benchmarking():
+        result = run_cli("bench", "--help", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "bench" in result.stdout
+    else:
+        result = run_cli("bench", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "bench: not yet available"
+
+
+# ---- demo -------------------------------------------------------------------------------------------
+def test_demo_trains_and_agrees_with_autograd(tmp_path):
+    result = run_cli("demo", "--steps", "40", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = result.stdout
+    assert "gradients agree with autograd at all 5 checks" in text
+    assert text.count("gradient check at step") == 5
+    assert len(re.findall(r"^\[[#.]+\]\s+\d+/40", text, re.MULTILINE)) >= 5  # the progress bar
+    first, last = map(float, re.search(r"loss (\S+) -> (\S+), accuracy", text).groups())
+    assert last < 0.9 * first
+    start_accuracy, end_accuracy = map(float, re.search(r"accuracy (\S+)% -> (\S+)%", text).groups())
+    assert end_accuracy > start_accuracy
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16", "float16"])
+def test_demo_other_dtypes_agree_with_autograd(capsys, dtype):
+    threads = torch.get_num_threads()
+    assert main(["demo", "--steps", "2", "--dtype", dtype, "--threads", "1"]) == 0
+    assert torch.get_num_threads() == threads  # restored for whatever runs next
+    text = capsys.readouterr().out
+    assert f"{dtype} on cpu" in text
+    assert "gradients agree with autograd at all 2 checks" in text
+
+
+def _scaled(backward, scale):
+    """A backward that returns the real gradients times `scale`: a hand-derived formula off by a factor."""
+
+    def corrupted(ctx, *grads):
+        return tuple(None if g is None else g * scale for g in backward(ctx, *grads))
+
+    return staticmethod(corrupted)
+
+
+@pytest.mark.parametrize("function", [LinearSigmoidFunction, SoftmaxCrossEntropyFunction])
+def test_demo_fails_when_a_backward_is_wrong(capsys, monkeypatch, function):
+    monkeypatch.setattr(function, "backward", _scaled(function.backward, 1.01))
+    assert main(["demo", "--steps", "3"]) == 1
+    text = capsys.readouterr().out
+    assert "DISAGREE" in text
+    assert "FAILED:" in text
+    assert "gradients agree" not in text
+
+
+def test_demo_plot(capsys, tmp_path):
+    path = tmp_path / "loss.png"
+    code = main(["demo", "--steps", "3", "--plot", str(path)])
+    text = capsys.readouterr().out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert code == 2
+        assert "needs matplotlib, which is not installed" in text
+        assert not path.exists()
+    else:
+        assert code == 0
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_without_cuda(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["demo", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().out
+
+
+# ---- check ------------------------------------------------------------------------------------------
+def test_check_passes_every_case(tmp_path):
+    result = run_cli("check", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("linear_sigmoid", "softmax_cross_entropy"))]
+    assert len(rows) == 3 * len(_check_cases.cases())
+    for row in rows:
+        op, *_, check, device, dtype, verdict, error = re.split(r"\s{2,}", row)
+        assert (device, dtype, verdict) == ("cpu", "float64", "pass"), row
+        assert float(error) < 1e-5, row
+    assert {"forward", "gradcheck", "gradgradcheck"} == {re.split(r"\s{2,}", row)[2] for row in rows}
+    assert f"check: all {len(rows)} checks passed" in result.stdout
+
+
+def test_check_fails_when_a_backward_is_wrong(capsys, monkeypatch):
+    monkeypatch.setattr(LinearSigmoidFunction, "backward", _scaled(LinearSigmoidFunction.backward, 1.01))
+    assert main(["check", "--op", "linear_sigmoid"]) == 1
+    text = capsys.readouterr().out
+    gradcheck_rows = [line for line in text.splitlines() if re.search(r"\s{2}gradcheck\s{2}", line)]
+    assert len(gradcheck_rows) == len(_check_cases.linear_sigmoid_cases())
+    assert all("FAIL" in row for row in gradcheck_rows)
+    assert "softmax_cross_entropy" not in text
+    assert re.search(r"check: \d+ of \d+ checks FAILED", text)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_check_on_cuda(tmp_path):
+    result = run_cli("check", "--device", "cuda", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "check: all" in result.stdout
+
+
+# ---- examples ---------------------------------------------------------------------------------------
+def test_every_example_is_listed():
+    assert len(EXAMPLE_FILES) == 5
+    readme = (EXAMPLES / "README.md").read_text()
+    for path in EXAMPLE_FILES:
+        assert path.name in readme
+
+
+def _check_example_output(text):
+    assert re.search(r"loss: library (\S+)\s+autograd \1", text)  # the same loss, to the printed digits
+    assert "library" in text and "autograd" in text
+    assert "DISAGREE" not in text
+    assert "all gradients agree with autograd" in text
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda path: path.stem)
+def test_example_agrees(path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(path), run_name="__main__")
+    assert exit_info.value.code == 0
+    _check_example_output(capsys.readouterr().out)
+
+
+def test_example_runs_as_a_script(tmp_path):
+    path = EXAMPLES / "ex2_sigmoid_layer_no_bias.py"
+    result = subprocess.run([sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    _check_example_output(result.stdout)
+
+
+def test_example_fails_when_a_backward_is_wrong(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    monkeypatch.setattr(LinearSigmoidFunction, "backward", _scaled(LinearSigmoidFunction.backward, 1.01))
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(EXAMPLES / "ex5_per_sample_bias_net.py"), run_name="__main__")
+    assert exit_info.value.code == 1
+    text = capsys.readouterr().out
+    assert "DISAGREE" in text
+    assert "FAILED: gradients disagree with autograd for" in text
+
+
+# ---- docs -------------------------------------------------------------------------------------------
+def test_docs_name_real_files_and_functions():
+    """Every `file` | `function` pair in the tables of README.md exists in the source."""
+    text = DOCS.read_text()
+    rows = re.findall(
+        r"^\|.*\|\s*`((?:csrc|torch_manualbp)/[^`]+)`\s*\|\s*((?:`\w+`(?:,\s*)?)+)\s*\|$", text, re.MULTILINE
+    )
+    assert len(rows) >= 15
+    for path, names in rows:
+        source = (ROOT / path).read_text()
+        for name in re.findall(r"`(\w+)`", names):
+            assert re.search(rf"\b{name}\b", source), f"{name} not in {path}"
+    for example in set(re.findall(r"`(examples/\w+\.py)`", text)):
+        assert (ROOT / example).is_file(), example
+    assert {f"examples/{path.name}" for path in EXAMPLE_FILES} <= set(re.findall(r"`(examples/\w+\.py)`", text))

@@ -1,0 +1,221 @@
+"""What the benchmarks measure: per layer, the shapes, the inputs, the contenders and the work done.
+
+A case is one layer at one shape and dtype. Its contenders all compute the same thing from the same
+inputs: torch_manualbp, native eager PyTorch, torch.compile of the native composition, and for
+LinearSigmoid the "GEMM floor" (the bare GEMMs the layer cannot avoid, no autograd). Each contender
+gives a forward closure (inputs that require grad, as in training: the graph and what it saves are
+built) and a forward + backward closure (torch.autograd.grad of the output, so that nothing
+accumulates into .grad between runs).
+"""
+import dataclasses
+import math
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+import torch_manualbp
+
+OURS = "torch_manualbp"
+EAGER = "eager"
+COMPILED = "compiled"
+FLOOR = "gemm floor"
+
+FWD = "fwd"
+FWD_BWD = "fwd+bwd"
+PASSES = (FWD, FWD_BWD)
+
+
+@dataclasses.dataclass
+class Contender:
+    name: str
+    fwd: Optional[Callable[[], object]]  # None: not available (see `missing`)
+    fwd_bwd: Optional[Callable[[], object]]
+    missing: Optional[str] = None  # why it is not available, e.g. "torch.compile failed: ..."
+    # The forward whose saved tensors are counted (None: not an autograd contender, e.g. the floor).
+    forward_for_saved: Optional[Callable[[], object]] = None
+
+
+@dataclasses.dataclass
+class Case:
+    layer: str
+    shape: Tuple[int, ...]
+    label: str  # e.g. "4096x1024->1024"
+    dtype: torch.dtype
+    # What one run moves or computes, per pass: ("GFLOP/s", flops) or ("GB/s", bytes).
+    work_unit: str
+    work: Dict[str, float]
+    # Bytes of the tensor the memory figures are compared with (LinearSigmoid: the output; CE: the logits).
+    reference_bytes: int
+    reference_name: str
+    # Builds the inputs and the contenders (called once per process: the memory probes rebuild them).
+    build: Callable[["Case", bool], Tuple[List[torch.Tensor], List[Contender]]]
+
+    @property
+    def key(self):
+        return f"{self.layer} {self.label} {dtype_name(self.dtype)}"
+
+
+def dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def _compiled(fn, name):
+    """torch.compile of fn, or the reason it cannot be used (compilation happens lazily, on first call)."""
+    try:
+        return torch.compile(fn, dynamic=False), None
+    except Exception as error:  # noqa: BLE001  (any failure: reported, not raised)
+        return None, f"torch.compile unavailable: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+
+
+def _grad_closure(forward, wrt, grad_output):
+    def fwd_bwd():
+        return torch.autograd.grad(forward(), wrt, grad_output)
+
+    return fwd_bwd
+
+
+# ---- LinearSigmoid ------------------------------------------------------------------------------------
+
+LINEAR_SIGMOID_SHAPES = [(64, 256, 256), (4096, 1024, 1024)]  # (rows, in_features, out_features)
+
+
+def _native_linear_sigmoid(x, weight, bias):
+    return torch.sigmoid(F.linear(x, weight, bias))
+
+
+def _build_linear_sigmoid(case, with_compile):
+    rows, in_features, out_features = case.shape
+    generator = torch.Generator().manual_seed(0)
+    options = dict(dtype=case.dtype)
+    x = torch.randn(rows, in_features, generator=generator, **options).requires_grad_()
+    bound = 1.0 / math.sqrt(in_features)  # nn.Linear's init range
+    weight = (torch.rand(out_features, in_features, generator=generator, **options) * 2 - 1).mul_(bound)
+    bias = (torch.rand(out_features, generator=generator, **options) * 2 - 1).mul_(bound)
+    weight.requires_grad_()
+    bias.requires_grad_()
+    grad_output = torch.randn(rows, out_features, generator=generator, **options)
+    wrt = (x, weight, bias)
+
+    contenders = []
+    for name, fn in ((OURS, torch_manualbp.functional.linear_sigmoid), (EAGER, _native_linear_sigmoid)):
+        forward = lambda fn=fn: fn(x, weight, bias)  # noqa: E731
+        contenders.append(Contender(name, forward, _grad_closure(forward, wrt, grad_output), None, forward))
+    if with_compile:
+        compiled, why = _compiled(_native_linear_sigmoid, COMPILED)
+        if compiled is None:
+            contenders.append(Contender(COMPILED, None, None, why))
+        else:
+            forward = lambda: compiled(x, weight, bias)  # noqa: E731
+            contenders.append(Contender(COMPILED, forward, _grad_closure(forward, wrt, grad_output), None, forward))
+
+    # The floor: the GEMMs themselves. Forward: z = x @ W^T. Forward + backward: also dx = dz @ W and
+    # dW = dz^T @ x (dz has the output's shape; grad_output stands in for it).
+    x_plain, weight_plain = x.detach(), weight.detach()
+
+    def floor_fwd():
+        return torch.mm(x_plain, weight_plain.t())
+
+    def floor_fwd_bwd():
+        return (
+            torch.mm(x_plain, weight_plain.t()),
+            torch.mm(grad_output, weight_plain),
+            torch.mm(grad_output.t(), x_plain),
+        )
+
+    contenders.append(Contender(FLOOR, floor_fwd, floor_fwd_bwd))
+    return [x, weight, bias, grad_output], contenders
+
+
+def linear_sigmoid_cases(dtype, shapes=LINEAR_SIGMOID_SHAPES):
+    cases = []
+    for rows, in_features, out_features in shapes:
+        gemm_flops = 2.0 * rows * in_features * out_features
+        cases.append(
+            Case(
+                layer="linear_sigmoid",
+                shape=(rows, in_features, out_features),
+                label=f"{rows}x{in_features}->{out_features}",
+                dtype=dtype,
+                work_unit="GFLOP/s",
+                work={FWD: gemm_flops, FWD_BWD: 3 * gemm_flops},
+                reference_bytes=rows * out_features * dtype.itemsize,
+                reference_name="output",
+                build=_build_linear_sigmoid,
+            )
+        )
+    return cases
+
+
+# ---- softmax cross-entropy ----------------------------------------------------------------------------
+
+# (positions, classes) or (N, C, H, W): the class dim is 1, as in F.cross_entropy.
+CROSS_ENTROPY_SHAPES = [(8192, 1000), (4096, 32768), (8, 21, 128, 128)]
+
+
+def cross_entropy_available():
+    return hasattr(torch_manualbp.functional, "softmax_cross_entropy")
+
+
+def _native_cross_entropy(logits, target):
+    return F.cross_entropy(logits, target)
+
+
+def _build_cross_entropy(case, with_compile):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(case.shape, generator=generator, dtype=case.dtype).requires_grad_()
+    classes = case.shape[1]
+    target_shape = (case.shape[0],) + tuple(case.shape[2:])
+    target = torch.randint(0, classes, target_shape, generator=generator)
+    wrt = (logits,)
+
+    contenders = []
+    functions = [(EAGER, _native_cross_entropy)]
+    if cross_entropy_available():
+        functions.insert(0, (OURS, torch_manualbp.functional.softmax_cross_entropy))
+    else:
+        contenders.append(Contender(OURS, None, None, "not in this build (no functional.softmax_cross_entropy)"))
+    for name, fn in functions:
+        forward = lambda fn=fn: fn(logits, target)  # noqa: E731
+        contenders.append(Contender(name, forward, _grad_closure(forward, wrt, None), None, forward))
+    if with_compile:
+        compiled, why = _compiled(_native_cross_entropy, COMPILED)
+        if compiled is None:
+            contenders.append(Contender(COMPILED, None, None, why))
+        else:
+            forward = lambda: compiled(logits, target)  # noqa: E731
+            contenders.append(Contender(COMPILED, forward, _grad_closure(forward, wrt, None), None, forward))
+    order = {OURS: 0, EAGER: 1, COMPILED: 2}
+    contenders.sort(key=lambda c: order[c.name])
+    return [logits, target], contenders
+
+
+def cross_entropy_cases(dtype, shapes=CROSS_ENTROPY_SHAPES):
+    cases = []
+    for shape in shapes:
+        logits_bytes = math.prod(shape) * dtype.itemsize
+        label = "x".join(str(s) for s in shape)
+        cases.append(
+            Case(
+                layer="softmax_cross_entropy",
+                shape=tuple(shape),
+                label=label,
+                dtype=dtype,
+                work_unit="GB/s",
+                # The least traffic there is: forward reads the logits once; forward + backward also
+                # writes their gradient once.
+                work={FWD: logits_bytes, FWD_BWD: 2 * logits_bytes},
+                reference_bytes=logits_bytes,
+                reference_name="logits",
+                build=_build_cross_entropy,
+            )
+        )
+    return cases
+
+
+LAYERS = {"linear_sigmoid": linear_sigmoid_cases, "softmax_cross_entropy": cross_entropy_cases}
+QUICK_SHAPES = {"linear_sigmoid": [(64, 256, 256)], "softmax_cross_entropy": [(8192, 1000), (8, 21, 32, 32)]}
+
+
+def find_case(layer, shape, dtype):
+    return LAYERS[layer](dtype, [tuple(shape)])[0]
