@@ -37,7 +37,8 @@ test: $(VENV)/.built
 # `make sanitize`: the extension built with -fsanitize=address,undefined (-O0, frame pointers; setup.py,
 # TORCH_MANUALBP_SANITIZE=1) into build/sanitize, apart from the normal build, then the tests run against
 # it with the sanitizer runtimes preloaded (python and torch are not instrumented). Every report aborts
-# the run (halt_on_error, -fno-sanitize-recover): it passes with zero reports only. LeakSanitizer is off
+# the run (halt_on_error, -fno-sanitize-recover): it passes with zero reports only; --capture=sys leaves
+# the sanitizers' stderr uncaptured, so the report shows although the process dies. LeakSanitizer is off
 # (CPython leaks by design at exit). Left out of this run, as impossible under ASan:
 #   -m "not slow"      tensors past 2**31 elements: ASan's shadow memory and -O0 make them far too slow
 #   test_leaks.py      resident memory grows under ASan without a leak (freed memory sits in quarantine)
@@ -52,8 +53,8 @@ SANITIZE_ENV = LD_PRELOAD="$$(c++ -print-file-name=libasan.so) $$(c++ -print-fil
 sanitize: $(VENV)/.deps
 	TORCH_MANUALBP_SANITIZE=1 $(PY) setup.py -q build --build-base $(SANITIZE_DIR) --build-lib $(SANITIZE_DIR)/lib
 	cd tests && $(SANITIZE_ENV) ../$(PY) -c "from torch_manualbp._build_config import BUILD_CONFIG as c; assert c['sanitize'], c"
-	cd tests && $(SANITIZE_ENV) ../$(PY) -m pytest -q $(SANITIZE_PYTEST_ARGS)
-	cd tests && $(SANITIZE_ENV) ATEN_CPU_CAPABILITY=default ../$(PY) -m pytest -q test_properties.py
+	cd tests && $(SANITIZE_ENV) ../$(PY) -m pytest -q --capture=sys $(SANITIZE_PYTEST_ARGS)
+	cd tests && $(SANITIZE_ENV) ATEN_CPU_CAPABILITY=default ../$(PY) -m pytest -q --capture=sys test_properties.py
 
 demo: $(VENV)/.built
 	cd examples && ../$(PY) -m torch_manualbp demo

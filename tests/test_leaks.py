@@ -1,5 +1,6 @@
-"""Leaks: thousands of forward + backward iterations keep the resident memory flat, and nothing that a
-call creates (outputs, saved tensors, graph) outlives its last reference without the garbage collector.
+"""Leaks: thousands of forward + backward iterations keep the resident memory flat, nothing that a call
+creates (outputs, saved tensors, graph) outlives its last reference without the garbage collector, and a
+backward allocates no buffer beyond the gradients it returns.
 
 Not run under `make sanitize`: ASan keeps freed memory in quarantine, so resident memory grows there
 without a leak (and LeakSanitizer is off: CPython itself leaks at exit).
@@ -136,3 +137,23 @@ def test_outputs_and_saved_tensors_die_with_their_last_reference(make_graph, bac
         assert all(ref() is None for ref in alive), "a tensor or graph node outlived its last reference"
     finally:
         gc.enable()
+
+
+def _peak_mib_of(fn):
+    """Resident memory peak while fn() runs, above the resident size before it (Linux: VmHWM reset)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current VmRSS
+    before = _rss_mib()
+    result = fn()
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+    return peak - before, result
+
+
+def test_cross_entropy_backward_allocates_only_its_gradient(one_intra_op_thread):
+    x = torch.randn(2, 4, 2**24).bfloat16().requires_grad_()  # 256 MiB; logsumexp: 2 * 2**24 float32 = 128 MiB
+    target = torch.randint(0, 4, (2, 2**24), dtype=torch.uint8)
+    loss = softmax_cross_entropy(x, target, reduction="sum")
+    peak, (grad,) = _peak_mib_of(lambda: torch.autograd.grad(loss, [x]))
+    grad_mib = grad.numel() * grad.element_size() / 2**20
+    assert peak < grad_mib + 32, f"backward peaked {peak:.0f} MiB above its start for a {grad_mib:.0f} MiB gradient"
