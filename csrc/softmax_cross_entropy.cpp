@@ -3,7 +3,7 @@
 // smoothing eps, reductions 'none' / 'mean' / 'sum').
 //
 // One position i is one distribution over C classes (the batch and spatial dims only enumerate them):
-//   m = max_c x_c,   s = sum_c exp(x_c - m),   lse = m + log s,   y_c = softmax_c = exp(x_c - lse).
+//   m = max_c x_c,   s = sum_c exp(x_c - m),   lse = m + log s,   y_c = softmax_c = exp((x_c - m) - log s).
 //
 // Forward (cpu/softmax_cross_entropy_kernel.cpp: row_sums + position_loss; spatial: forward_spatial):
 //   index target t (ignored positions give 0):
@@ -31,12 +31,15 @@
 //     probability:  A = sum_c w_c q_c,                 a_j = w_j q_j
 // With the upstream gradient g_i = grad_loss_i / normalizer (one grad_loss for 'mean' and 'sum'; the
 // normalizer is 1 for 'sum' and 'none'):
-//     grad_input_ij  = g_i (y_ij A_i - a_ij)        (index_grad_block: exp(x - lse) gA - gb w, then the
+//     grad_input_ij  = g_i (y_ij A_i - a_ij)        (index_grad_block: exp(x - m) gA / s - gb w, then the
 //                                                    target class gets - g (1 - eps) w_t; probability:
 //                                                    probability_grad_block)
-//     grad_target_ij = g_i (1 - eps) w_j (lse_i - x_ij)   (probability targets, through q = (1 - eps) p + eps / C)
-// The forward keeps only lse per position (besides references to its inputs); y is recomputed from x,
-// so the backward is one read of x (and p) and one write of the gradient.
+//     grad_target_ij = g_i (1 - eps) w_j ((m_i - x_ij) + log s_i)   (probability targets, through q = (1 - eps) p + eps / C)
+// The forward keeps only m and log s per position (besides references to its inputs); y is recomputed
+// from x, so the backward is one read of x (and p) and one write of the gradient. m and log s are kept
+// apart rather than as their sum lse: x - m is exact for the classes that matter, so exp(x - m) / s is
+// as accurate at logits of 1e7 as at 0 (torch's log_softmax also subtracts m first), while x - lse from
+// a float32 lse would lose ulp(lse) ~ 1e-3 of the exponent at logits of 1e4.
 //
 // Non-finite rows, as torch: a row holding NaN or +inf, or only -inf, has NaN loss (0 when ignored) and
 // NaN gradient (also when ignored: torch's log_softmax backward gives 0 * NaN there); -inf logits in a
@@ -75,19 +78,20 @@ at::Tensor weight_as_acc(const std::optional<at::Tensor>& weight, at::ScalarType
   return weight->to(acc_dtype).contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cpu(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     std::string_view reduction, int64_t ignore_index, double label_smoothing) {
   const SoftmaxCrossEntropyShape shape =
       check_softmax_cross_entropy_forward(input, target, weight, reduction, ignore_index, label_smoothing);
-  const at::ScalarType acc_dtype = logsumexp_dtype(input.scalar_type());
+  const at::ScalarType acc_dtype = softmax_stats_dtype(input.scalar_type());
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
   const at::Tensor w = weight_as_acc(weight, acc_dtype);
   const bool per_position = shape.reduction == LossReduction::kNone;
 
   at::Tensor loss = at::empty(shape.loss_sizes, input.options());
-  at::Tensor logsumexp = at::empty(shape.position_sizes, input.options().dtype(acc_dtype));
+  at::Tensor max_logit = at::empty(shape.position_sizes, input.options().dtype(acc_dtype));
+  at::Tensor log_sum = at::empty(shape.position_sizes, input.options().dtype(acc_dtype));
   at::Tensor normalizer = at::empty({}, input.options().dtype(acc_dtype));
   at::Tensor block_sums = at::empty(
       {per_position ? 0 : 2 * cpu::loss_blocks(shape.outer, shape.classes, shape.inner)},
@@ -97,20 +101,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cpu
   out.loss = loss.data_ptr();
   out.per_position = per_position;
   out.mean = shape.reduction == LossReduction::kMean;
-  out.logsumexp = logsumexp.data_ptr();
+  out.max_logit = max_logit.data_ptr();
+  out.log_sum = log_sum.data_ptr();
   out.normalizer = normalizer.data_ptr();
   out.block_sums = block_sums.data_ptr();
   cpu::softmax_cross_entropy_kernels_for_this_cpu().forward(
       make_problem(shape, x, t, w, ignore_index, label_smoothing), out);
-  return {loss, logsumexp, normalizer};
+  return {loss, max_logit, log_sum, normalizer};
 }
 
 std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
-    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp, const at::Tensor& normalizer,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing, std::array<bool, 2> output_mask) {
+    const std::optional<at::Tensor>& weight, const at::Tensor& max_logit, const at::Tensor& log_sum,
+    const at::Tensor& normalizer, std::string_view reduction, int64_t ignore_index, double label_smoothing,
+    std::array<bool, 2> output_mask) {
   const SoftmaxCrossEntropyShape shape = check_softmax_cross_entropy_backward(
-      grad_loss, input, target, weight, logsumexp, normalizer, reduction, ignore_index, label_smoothing);
+      grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing);
   const bool want_input = output_mask[0];
   const bool want_target = output_mask[1] && shape.target_kind == TargetKind::kProbability;
   const auto nothing = [&] { return unrequested_output(input); };
@@ -118,16 +124,18 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cpu(
 
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
-  const at::Tensor w = weight_as_acc(weight, logsumexp.scalar_type());
+  const at::Tensor w = weight_as_acc(weight, max_logit.scalar_type());
   const at::Tensor grad_loss_values = grad_loss.contiguous();
-  const at::Tensor lse = logsumexp.contiguous();
+  const at::Tensor m = max_logit.contiguous();
+  const at::Tensor log_s = log_sum.contiguous();
   at::Tensor grad_input = at::empty(input.sizes(), input.options());
   at::Tensor grad_target = want_target ? at::empty(input.sizes(), input.options()) : nothing();
 
   cpu::CrossEntropyBackwardArgs args;
   args.grad_loss = grad_loss_values.const_data_ptr();
   args.grad_per_position = shape.reduction == LossReduction::kNone;
-  args.logsumexp = lse.const_data_ptr();
+  args.max_logit = m.const_data_ptr();
+  args.log_sum = log_s.const_data_ptr();
   args.normalizer = normalizer.const_data_ptr();
   args.grad_input = grad_input.data_ptr();
   args.grad_target = want_target ? grad_target.data_ptr() : nullptr;

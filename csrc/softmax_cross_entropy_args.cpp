@@ -97,7 +97,7 @@ LossReduction parse_reduction(std::string_view reduction) {
   return LossReduction::kSum;
 }
 
-at::ScalarType logsumexp_dtype(at::ScalarType input_dtype) {
+at::ScalarType softmax_stats_dtype(at::ScalarType input_dtype) {
   return (input_dtype == at::kHalf || input_dtype == at::kBFloat16) ? at::kFloat : input_dtype;
 }
 
@@ -109,20 +109,23 @@ SoftmaxCrossEntropyShape check_softmax_cross_entropy_forward(
 
 SoftmaxCrossEntropyShape check_softmax_cross_entropy_backward(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
-    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp, const at::Tensor& normalizer,
+    const std::optional<at::Tensor>& weight, const at::Tensor& max_logit, const at::Tensor& log_sum,
+    const at::Tensor& normalizer,
     std::string_view reduction, int64_t ignore_index, double label_smoothing) {
   SoftmaxCrossEntropyShape shape =
       check_common(kBackward, input, target, weight, reduction, ignore_index, label_smoothing);
-  const at::ScalarType stats_dtype = logsumexp_dtype(input.scalar_type());
+  const at::ScalarType stats_dtype = softmax_stats_dtype(input.scalar_type());
   check_same_device(kBackward, "grad_loss", grad_loss, "input", input);
   check_same_dtype(kBackward, "grad_loss", grad_loss, "input", input);
   check_sizes(kBackward, "grad_loss", grad_loss, shape.loss_sizes);
-  check_same_device(kBackward, "logsumexp", logsumexp, "input", input);
-  TORCH_CHECK(
-      logsumexp.scalar_type() == stats_dtype, kBackward, ": expected logsumexp of dtype ", stats_dtype,
-      " (from the forward of a ", input.scalar_type(), " input), but got logsumexp of dtype ",
-      logsumexp.scalar_type());
-  check_sizes(kBackward, "logsumexp", logsumexp, shape.position_sizes);
+  for (const auto& [name, stats] : {std::pair{"max_logit", &max_logit}, std::pair{"log_sum", &log_sum}}) {
+    check_same_device(kBackward, name, *stats, "input", input);
+    TORCH_CHECK(
+        stats->scalar_type() == stats_dtype, kBackward, ": expected ", name, " of dtype ", stats_dtype,
+        " (from the forward of a ", input.scalar_type(), " input), but got ", name, " of dtype ",
+        stats->scalar_type());
+    check_sizes(kBackward, name, *stats, shape.position_sizes);
+  }
   check_same_device(kBackward, "normalizer", normalizer, "input", input);
   TORCH_CHECK(
       normalizer.scalar_type() == stats_dtype, kBackward, ": expected normalizer of dtype ", stats_dtype,

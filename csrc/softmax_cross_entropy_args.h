@@ -25,7 +25,7 @@ struct SoftmaxCrossEntropyShape {
   int64_t inner;    // S: product of the spatial dims d1..dK (1 for (C,) and (N, C))
   TargetKind target_kind;
   LossReduction reduction;
-  std::vector<int64_t> position_sizes;  // the input's shape without the class dim: logsumexp, and loss for 'none'
+  std::vector<int64_t> position_sizes;  // the input's shape without the class dim: max_logit, log_sum, and loss for 'none'
   std::vector<int64_t> loss_sizes;      // position_sizes for 'none', {} (0-dim) for 'mean' and 'sum'
 
   int64_t positions() const { return outer * inner; }
@@ -34,19 +34,20 @@ struct SoftmaxCrossEntropyShape {
 // 'none', 'mean' or 'sum'; anything else is a ValueError with torch's wording.
 LossReduction parse_reduction(std::string_view reduction);
 
-// float32 for float16/bfloat16 input, else the input's dtype: the type of logsumexp and normalizer.
-at::ScalarType logsumexp_dtype(at::ScalarType input_dtype);
+// float32 for float16/bfloat16 input, else the input's dtype: the type of max_logit, log_sum and normalizer.
+at::ScalarType softmax_stats_dtype(at::ScalarType input_dtype);
 
 // Checks input, target, weight, reduction, ignore_index and label_smoothing; returns the shapes.
 SoftmaxCrossEntropyShape check_softmax_cross_entropy_forward(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     std::string_view reduction, int64_t ignore_index, double label_smoothing);
 
-// The forward's checks plus grad_loss (the loss's shape, or one that broadcasts to it), logsumexp
-// (position_sizes, logsumexp_dtype) and normalizer (0-dim or one element, logsumexp_dtype).
+// The forward's checks plus grad_loss (the loss's shape), max_logit and log_sum (position_sizes,
+// softmax_stats_dtype) and normalizer (0-dim, softmax_stats_dtype).
 SoftmaxCrossEntropyShape check_softmax_cross_entropy_backward(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
-    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp, const at::Tensor& normalizer,
+    const std::optional<at::Tensor>& weight, const at::Tensor& max_logit, const at::Tensor& log_sum,
+    const at::Tensor& normalizer,
     std::string_view reduction, int64_t ignore_index, double label_smoothing);
 
 }  // namespace torch_manualbp

@@ -1,15 +1,23 @@
+import hashlib
 import os
+import tempfile
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
 import torch_manualbp
+from torch_manualbp import _C
+
+# torch.compile caches compiled graphs on disk (/tmp/torchinductor_$USER) under a key that does not cover
+# a custom op's schema: a graph compiled against an earlier build of _C would be reused with a changed op.
+# One cache per build of the extension (its path, size and mtime) keeps reruns fast and builds apart.
+_build_stamp = os.stat(_C.__file__)
+_build_key = hashlib.sha1(f"{_C.__file__}:{_build_stamp.st_size}:{_build_stamp.st_mtime_ns}".encode()).hexdigest()[:16]
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torch_manualbp_inductor_{_build_key}"))
 
 
 def pytest_report_header(config):
-    from torch_manualbp import _C
-
     return (
         f"torch_manualbp {torch_manualbp.__version__} from {os.path.dirname(torch_manualbp.__file__)}; "
         f"torch {torch.__version__}; CPU kernels {_C.cpu_simd_level()}, {_C.kernel_threads_used()} threads; "

@@ -113,12 +113,12 @@ def test_softmax_cross_entropy_ops_called_directly(device, dtype):
     logits = torch.randn(4, 5, device=device, dtype=dtype)
     target = torch.randint(0, 5, (4,), device=device)
     with torch.autocast(device, dtype=dtype):
-        loss, logsumexp, normalizer = ops.softmax_cross_entropy_forward(logits, target, None, "mean", -100, 0.0)
+        loss, max_logit, log_sum, normalizer = ops.softmax_cross_entropy_forward(logits, target, None, "mean", -100, 0.0)
         grad_input, _ = ops.softmax_cross_entropy_backward(
-            torch.ones((), device=device, dtype=dtype), logits, target, None, logsumexp, normalizer, "mean",
+            torch.ones((), device=device, dtype=dtype), logits, target, None, max_logit, log_sum, normalizer, "mean",
             -100, 0.0, [True, False],
         )
-    assert loss.dtype == logsumexp.dtype == normalizer.dtype == grad_input.dtype == torch.float32
+    assert loss.dtype == max_logit.dtype == log_sum.dtype == normalizer.dtype == grad_input.dtype == torch.float32
     torch.testing.assert_close(loss, F.cross_entropy(logits.float(), target))
 
 

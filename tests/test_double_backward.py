@@ -149,14 +149,14 @@ def test_softmax_cross_entropy_hessian_vector_product():
 @pytest.mark.parametrize("output_mask", [[True, True], [True, False], [False, True]], ids=str)
 def test_softmax_cross_entropy_backward_op_gradcheck(output_mask):
     """The backward op called directly, fed by the forward op: its registered derivative takes the
-    logsumexp as the function of the input it is (the forward marks it non-differentiable)."""
+    max_logit and log_sum as the functions of the input they are (the forward marks them non-differentiable)."""
     input, target, options = _softmax_cross_entropy_args(((3, 4, 2), "probability", "none", True, -100, 0.1))
     weight, reduction = options["weight"], options["reduction"]
 
     def backward_op(grad_loss, input, target):
-        _, logsumexp, normalizer = ops.softmax_cross_entropy_forward(input, target, weight, reduction, -100, 0.1)
+        _, max_logit, log_sum, normalizer = ops.softmax_cross_entropy_forward(input, target, weight, reduction, -100, 0.1)
         grads = ops.softmax_cross_entropy_backward(
-            grad_loss, input, target, weight, logsumexp, normalizer, reduction, -100, 0.1, output_mask
+            grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, -100, 0.1, output_mask
         )
         return tuple(g for g, wanted in zip(grads, output_mask) if wanted)
 

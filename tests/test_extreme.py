@@ -193,31 +193,38 @@ def test_cross_entropy_loss_of_logits_near_float_max_matches_native(dtype):
                 torch.testing.assert_close(ours, native, equal_nan=True, rtol=1e-6, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG reported to the lead: the backward forms softmax as exp(x - lse) from the saved lse = m + log s; "
-    "when ulp(lse) is not small against log s (|logits| >~ 1e3 in float32) the softmax loses its shift "
-    "invariance: gradient error 3e-4 at logits ~1e4, 0.4 at ~1e7, tied logits near the float max get "
-    "probability 1 each (torch: (x - m) - log s, 1e-7 at every offset)",
-)
+@pytest.mark.parametrize("layout", ["rows", "spatial"])
+@pytest.mark.parametrize("kind", ["index", "probability"])
 @pytest.mark.parametrize("offset", [1e3, 1e5, 1e7, "float max"])
-def test_cross_entropy_gradient_is_shift_invariant(offset):
-    # softmax(x + c) = softmax(x): the gradient of logits with a large common offset must be as accurate as
-    # at offset 0, as torch's is. The reference is float64 on the same float32 values.
+def test_cross_entropy_gradient_is_shift_invariant(offset, kind, layout):
+    # softmax(x + c) = softmax(x): the gradients of logits with a large common offset must be as accurate
+    # as at offset 0, as torch's are (regression: the backward once formed exp(x - lse) from a float32
+    # lse = m + log s, 3e-4 off at logits ~1e4 and 0.4 at ~1e7; it now keeps m and log s apart). The
+    # reference is float64 on the same float32 values; with probability targets also d loss / d target,
+    # (1 - eps) w ((m - x) + log s), whose size grows with the offset: compared relative to it.
     generator = torch.Generator().manual_seed(0)
     if offset == "float max":
         x = torch.tensor(NEAR_FLOAT_MAX_ROWS) * torch.finfo(torch.float32).max
     else:
         x = (torch.randn(256, 10, generator=generator) + offset).float()
     target = torch.randint(0, x.shape[1], (x.shape[0],), generator=generator)
-    grads = []
-    for fn, logits in ((softmax_cross_entropy, x), (F.cross_entropy, x), (F.cross_entropy, x.double())):
-        leaf = logits.clone().requires_grad_()
-        grads.append(torch.autograd.grad(fn(leaf, target, reduction="sum"), leaf)[0].double())
-    ours, native, exact = grads
-    assert (native - exact).abs().max() < 1e-6
-    assert (ours - exact).abs().max() < 1e-6
+    if kind == "probability":
+        target = torch.rand(x.shape, generator=generator).softmax(1)
+    if layout == "spatial":  # the same positions as (N, C, S)
+        x, target = x.t().unsqueeze(0).contiguous(), (target.t().unsqueeze(0) if kind == "probability" else target[None]).contiguous()
+    options = dict(reduction="sum", label_smoothing=0.1)
+    results = []
+    for fn, dtype in ((softmax_cross_entropy, torch.float32), (F.cross_entropy, torch.float32), (F.cross_entropy, torch.float64)):
+        leaves = [x.to(dtype).requires_grad_(), target.to(dtype).requires_grad_() if kind == "probability" else target]
+        wrt = leaves if kind == "probability" else leaves[:1]
+        results.append([g.double() for g in torch.autograd.grad(fn(*leaves, **options), wrt)])
+    ours, native, exact = results
+    assert (native[0] - exact[0]).abs().max() < 1e-6
+    assert (ours[0] - exact[0]).abs().max() < 1e-6
+    if kind == "probability" and offset != "float max":  # at the float max the target gradient is inf - inf
+        scale = float(exact[1].abs().max())
+        assert (native[1] - exact[1]).abs().max() <= 1e-6 * scale
+        assert (ours[1] - exact[1]).abs().max() <= 1e-6 * scale
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -393,7 +400,7 @@ def test_cross_entropy_rows_past_2_31_elements():
 
 
 @pytest.mark.slow
-@needs_memory(15)  # input 4 GiB, gradient 4 GiB, logsumexp 2 GiB
+@needs_memory(15)  # input 4 GiB, gradient 4 GiB, max_logit and log_sum 2 GiB each
 def test_cross_entropy_spatial_past_2_31_elements():
     batch, classes, spatial, smoothing = 2, 4, 2**28 + 5, 0.2
     assert batch * classes * spatial > 2**31

@@ -151,7 +151,7 @@ def _peak_mib_of(fn):
 
 
 def test_cross_entropy_backward_allocates_only_its_gradient(one_intra_op_thread):
-    x = torch.randn(2, 4, 2**24).bfloat16().requires_grad_()  # 256 MiB; logsumexp: 2 * 2**24 float32 = 128 MiB
+    x = torch.randn(2, 4, 2**24).bfloat16().requires_grad_()  # 256 MiB; max_logit, log_sum: 2 * 2**24 float32 = 128 MiB each
     target = torch.randint(0, 4, (2, 2**24), dtype=torch.uint8)
     loss = softmax_cross_entropy(x, target, reduction="sum")
     peak, (grad,) = _peak_mib_of(lambda: torch.autograd.grad(loss, [x]))

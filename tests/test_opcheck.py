@@ -155,12 +155,13 @@ def _softmax_cross_entropy_backward_args(case, dtype, requires_grad, contiguous,
         case, dtype, requires_grad, contiguous
     )
     with torch.no_grad():
-        loss, logsumexp, normalizer = ops.softmax_cross_entropy_forward(
+        loss, max_logit, log_sum, normalizer = ops.softmax_cross_entropy_forward(
             input, target, weight, reduction, ignore_index, label_smoothing
         )
     grad_loss = torch.randn(loss.shape, dtype=dtype, requires_grad=requires_grad)
     return (
-        grad_loss, input, target, weight, logsumexp, normalizer, reduction, ignore_index, label_smoothing, output_mask
+        grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing,
+        output_mask,
     )
 
 

@@ -114,7 +114,7 @@ def test_float32_matches_torch(shape, kind, reduction):
 @pytest.mark.parametrize("kind", ["index", "probability"])
 def test_reduced_precision_accumulates_in_float32(dtype, shape, kind):
     """bfloat16/float16 logits: loss and gradients within rounding of a float32 computation on the
-    same (rounded) values; logsumexp comes back in float32."""
+    same (rounded) values; max_logit and log_sum come back in float32."""
     x, target, weight = make_case(shape, kind, torch.float32, weighted=True)
     x, weight = x.to(dtype), weight.to(dtype)
     target = target.to(dtype) if kind == "probability" else target
@@ -126,9 +126,10 @@ def test_reduced_precision_accumulates_in_float32(dtype, shape, kind):
             assert a.dtype == dtype
             rtol = REDUCED_RTOL[dtype]
             torch.testing.assert_close(a.float(), b, rtol=rtol, atol=rtol * float(b.abs().max()))
-    _, logsumexp, _ = ops.softmax_cross_entropy_forward(x, target, weight, "mean", -100, 0.0)
-    assert logsumexp.dtype == torch.float32
-    torch.testing.assert_close(logsumexp, torch.logsumexp(x.float(), dim=1), rtol=1e-5, atol=1e-5)
+    _, max_logit, log_sum, _ = ops.softmax_cross_entropy_forward(x, target, weight, "mean", -100, 0.0)
+    assert max_logit.dtype == log_sum.dtype == torch.float32
+    torch.testing.assert_close(max_logit, x.float().amax(dim=1), rtol=0, atol=0)
+    torch.testing.assert_close(log_sum, torch.logsumexp(x.float() - max_logit.unsqueeze(1), dim=1), rtol=1e-5, atol=1e-5)
 
 
 def test_non_contiguous_inputs():
@@ -231,13 +232,17 @@ def test_retain_graph_second_backward_and_inputs_unchanged():
     torch.testing.assert_close(first[0], ref_x.grad, **TOL[torch.float32])
 
 
-def test_function_apply_returns_loss_logsumexp_and_normalizer():
+def test_function_apply_returns_loss_max_logit_log_sum_and_normalizer():
     x, target, weight = make_case((6, 5, 2), "index", torch.float64, weighted=True)
-    loss, logsumexp, normalizer = SoftmaxCrossEntropyFunction.apply(x.requires_grad_(), target, weight, "mean", -100, 0.0)
-    torch.testing.assert_close(logsumexp, torch.logsumexp(x.detach(), dim=1))
+    loss, max_logit, log_sum, normalizer = SoftmaxCrossEntropyFunction.apply(
+        x.requires_grad_(), target, weight, "mean", -100, 0.0
+    )
+    torch.testing.assert_close(max_logit, x.detach().amax(dim=1), rtol=0, atol=0)
+    torch.testing.assert_close(log_sum, torch.logsumexp(x.detach() - max_logit.unsqueeze(1), dim=1))
+    torch.testing.assert_close(max_logit + log_sum, torch.logsumexp(x.detach(), dim=1))
     kept = target != -100
     torch.testing.assert_close(normalizer, weight[target[kept]].sum())
-    assert not logsumexp.requires_grad and loss.requires_grad
+    assert not max_logit.requires_grad and not log_sum.requires_grad and loss.requires_grad
 
 
 def test_weight_gradient_is_refused_as_torch_does_for_index_targets():
@@ -256,11 +261,11 @@ def test_opcheck():
         x.requires_grad_()
         # (torch.compile of the ops is tested with the other layers' in the compile tests.)
         torch.library.opcheck(ops.softmax_cross_entropy_forward, (x, target, weight, "mean", -100, 0.1), test_utils=OPCHECK_UTILS)
-        _, logsumexp, normalizer = ops.softmax_cross_entropy_forward(x.detach(), target, weight, "none", -100, 0.1)
-        grad = torch.randn(logsumexp.shape, dtype=x.dtype)
+        _, max_logit, log_sum, normalizer = ops.softmax_cross_entropy_forward(x.detach(), target, weight, "none", -100, 0.1)
+        grad = torch.randn(max_logit.shape, dtype=x.dtype)
         torch.library.opcheck(
             ops.softmax_cross_entropy_backward,
-            (grad, x.detach(), target, weight, logsumexp, normalizer, "none", -100, 0.1, [True, True]),
+            (grad, x.detach(), target, weight, max_logit, log_sum, normalizer, "none", -100, 0.1, [True, True]),
             test_utils=OPCHECK_UTILS,
         )
 
@@ -384,10 +389,15 @@ def test_bad_input(case):
 
 def test_bad_backward_arguments_are_refused():
     x, target, _ = make_case((4, 5), "index", torch.float32)
-    _, logsumexp, normalizer = ops.softmax_cross_entropy_forward(x, target, None, "none", -100, 0.0)
+    _, m, log_s, normalizer = ops.softmax_cross_entropy_forward(x, target, None, "none", -100, 0.0)
+    backward = ops.softmax_cross_entropy_backward
     with pytest.raises(RuntimeError, match="expected grad_loss of shape"):
-        ops.softmax_cross_entropy_backward(torch.ones(()), x, target, None, logsumexp, normalizer, "none", -100, 0.0, [True, False])
-    with pytest.raises(RuntimeError, match="expected logsumexp of dtype"):
-        ops.softmax_cross_entropy_backward(torch.ones(4), x, target, None, logsumexp.double(), normalizer, "none", -100, 0.0, [True, False])
+        backward(torch.ones(()), x, target, None, m, log_s, normalizer, "none", -100, 0.0, [True, False])
+    with pytest.raises(RuntimeError, match="expected max_logit of dtype Float .*but got max_logit of dtype Double"):
+        backward(torch.ones(4), x, target, None, m.double(), log_s, normalizer, "none", -100, 0.0, [True, False])
+    with pytest.raises(RuntimeError, match="expected log_sum of dtype Float .*but got log_sum of dtype Double"):
+        backward(torch.ones(4), x, target, None, m, log_s.double(), normalizer, "none", -100, 0.0, [True, False])
+    with pytest.raises(RuntimeError, match=r"expected log_sum of shape \[4\], but got log_sum of shape \[5\]"):
+        backward(torch.ones(4), x, target, None, m, torch.zeros(5), normalizer, "none", -100, 0.0, [True, False])
     with pytest.raises(IndexError, match="Target 7 is out of bounds."):
-        ops.softmax_cross_entropy_backward(torch.ones(4), x, torch.tensor([0, 7, 1, 1]), None, logsumexp, normalizer, "none", -100, 0.0, [True, False])
+        backward(torch.ones(4), x, torch.tensor([0, 7, 1, 1]), None, m, log_s, normalizer, "none", -100, 0.0, [True, False])

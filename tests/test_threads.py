@@ -3,7 +3,7 @@
 * 16 Python threads calling the ops at once get bitwise the results of serial calls.
 * Repeated calls are bitwise identical.
 * 1 and 2 intra-op threads (torch.set_num_threads) agree within rounding; bitwise for everything that the
-  kernels reduce in a fixed order: all of SoftmaxCrossEntropy (loss, logsumexp, normalizer, gradients),
+  kernels reduce in a fixed order: all of SoftmaxCrossEntropy (loss, max_logit, log_sum, normalizer, gradients),
   LinearSigmoid's grad_z and the gradient of a bias of shape (out,). Not bitwise: results of the GEMMs
   (MKL's sgemm splits its work by the thread count, so float32 x @ W^T, dz @ W and dz^T @ x may differ in
   the last bits) and the gradient of a bias that is not one row (ATen's sum_to, whose reduction order
@@ -174,7 +174,7 @@ def _cross_entropy_case(i, dtype=torch.float32):
 
 
 def _cross_entropy_results(case):
-    """Loss, logsumexp and normalizer of the forward op, and the gradients of input (and target)."""
+    """Loss, max_logit, log_sum and normalizer of the forward op, and the gradients of input (and target)."""
     x, target, options, grad_loss = case
     forward = _ops.softmax_cross_entropy_forward(
         x, target, options["weight"], options["reduction"], -100, options["label_smoothing"]

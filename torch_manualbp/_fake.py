@@ -32,7 +32,7 @@ def _linear_sigmoid_backward_fake(grad_output, input, weight, output, bias_sizes
 
 def _softmax_cross_entropy_shapes(op, input, target, weight, reduction, ignore_index, label_smoothing):
     """The checks of csrc/softmax_cross_entropy_args.cpp (same messages); returns (position shape,
-    loss shape, logsumexp dtype)."""
+    loss shape, dtype of max_logit / log_sum / normalizer)."""
     torch._check_value(
         reduction in ("none", "mean", "sum"),
         lambda: f"{reduction} is not a valid value for reduction (expected 'none', 'mean' or 'sum')",
@@ -99,14 +99,16 @@ def _softmax_cross_entropy_forward_fake(input, target, weight, reduction, ignore
     )
     return (
         input.new_empty(loss_shape),
-        input.new_empty(positions, dtype=stats_dtype),
+        input.new_empty(positions, dtype=stats_dtype),  # max_logit
+        input.new_empty(positions, dtype=stats_dtype),  # log_sum
         input.new_empty((), dtype=stats_dtype),
     )
 
 
 @torch.library.register_fake("torch_manualbp::softmax_cross_entropy_backward")
 def _softmax_cross_entropy_backward_fake(
-    grad_loss, input, target, weight, logsumexp, normalizer, reduction, ignore_index, label_smoothing, output_mask
+    grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing,
+    output_mask,
 ):
     op = "softmax_cross_entropy_backward"
     positions, loss_shape, stats_dtype = _softmax_cross_entropy_shapes(
@@ -116,10 +118,16 @@ def _softmax_cross_entropy_backward_fake(
         list(grad_loss.shape) == loss_shape,
         lambda: f"{op}: expected grad_loss of shape {loss_shape}, but got grad_loss of shape {list(grad_loss.shape)}",
     )
-    torch._check(
-        list(logsumexp.shape) == positions,
-        lambda: f"{op}: expected logsumexp of shape {positions}, but got logsumexp of shape {list(logsumexp.shape)}",
-    )
+    for name, stats in (("max_logit", max_logit), ("log_sum", log_sum)):
+        torch._check(
+            stats.dtype == stats_dtype,
+            lambda: f"{op}: expected {name} of dtype {stats_dtype} (from the forward of a {input.dtype} input), "
+            f"but got {name} of dtype {stats.dtype}",
+        )
+        torch._check(
+            list(stats.shape) == positions,
+            lambda: f"{op}: expected {name} of shape {positions}, but got {name} of shape {list(stats.shape)}",
+        )
     probability = target.shape == input.shape
     return (
         input.new_empty(input.shape) if output_mask[0] else input.new_empty((0,)),

@@ -108,7 +108,7 @@ def _softmax_cross_entropy_forward_vmap(info, in_dims, input, target, weight, re
         return _per_sample(_ops.softmax_cross_entropy_forward.default, info, in_dims, args)
     batch_size = info.batch_size
     has_batch_dim = input.dim() - (input_bdim is not None) >= 2
-    loss, logsumexp, normalizer = _ops.softmax_cross_entropy_forward.default(
+    loss, max_logit, log_sum, normalizer = _ops.softmax_cross_entropy_forward.default(
         _fold_into_positions(input, input_bdim, batch_size, has_batch_dim),
         _fold_into_positions(target, target_bdim, batch_size, has_batch_dim),
         weight,
@@ -118,18 +118,22 @@ def _softmax_cross_entropy_forward_vmap(info, in_dims, input, target, weight, re
     )
     return (
         _unfold_positions(loss, batch_size, has_batch_dim),
-        _unfold_positions(logsumexp, batch_size, has_batch_dim),
+        _unfold_positions(max_logit, batch_size, has_batch_dim),
+        _unfold_positions(log_sum, batch_size, has_batch_dim),
         normalizer,
-    ), (0, 0, None)
+    ), (0, 0, 0, None)
 
 
 @torch.library.register_vmap("torch_manualbp::softmax_cross_entropy_backward")
 def _softmax_cross_entropy_backward_vmap(
-    info, in_dims, grad_loss, input, target, weight, logsumexp, normalizer, reduction, ignore_index,
+    info, in_dims, grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index,
     label_smoothing, output_mask,
 ):
-    grad_loss_bdim, input_bdim, target_bdim, weight_bdim, logsumexp_bdim, normalizer_bdim = in_dims[:6]
-    args = (grad_loss, input, target, weight, logsumexp, normalizer, reduction, ignore_index, label_smoothing, output_mask)
+    grad_loss_bdim, input_bdim, target_bdim, weight_bdim, max_logit_bdim, log_sum_bdim, normalizer_bdim = in_dims[:7]
+    args = (
+        grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing,
+        output_mask,
+    )
     if reduction != "none" or weight_bdim is not None or normalizer_bdim is not None:
         return _per_sample(_ops.softmax_cross_entropy_backward.default, info, in_dims, args)
     batch_size = info.batch_size
@@ -141,7 +145,8 @@ def _softmax_cross_entropy_backward_vmap(
         input,
         target,
         weight,
-        _fold_into_positions(logsumexp, logsumexp_bdim, batch_size, has_batch_dim),
+        _fold_into_positions(max_logit, max_logit_bdim, batch_size, has_batch_dim),
+        _fold_into_positions(log_sum, log_sum_bdim, batch_size, has_batch_dim),
         normalizer,
         reduction,
         ignore_index,

@@ -57,7 +57,7 @@ def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reducti
     check_reduction(reduction)
     check_float(fn, "label_smoothing", label_smoothing)
     input, target, weight = cast_for_autocast(FLOAT32, input.device.type, input, target, weight)
-    loss, _, _ = apply_layer(
+    loss, *_ = apply_layer(
         SoftmaxCrossEntropyFunction,
         _ops.softmax_cross_entropy_forward.default,
         input, target, weight, reduction, ignore_index, float(label_smoothing),

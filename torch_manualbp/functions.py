@@ -227,10 +227,11 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     """F.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing), fused.
 
     ``apply(input, target, weight, reduction, ignore_index, label_smoothing)`` (the order of the op
-    softmax_cross_entropy_forward) returns ``(loss, logsumexp, normalizer)``; only ``loss`` is
+    softmax_cross_entropy_forward) returns ``(loss, max_logit, log_sum, normalizer)``; only ``loss`` is
     differentiable (with respect to ``input``, and to ``target`` when it holds class probabilities).
 
-    Backward (csrc/softmax_cross_entropy.cpp), per position i, from the saved logsumexp:
+    Backward (csrc/softmax_cross_entropy.cpp), per position i, from the saved m_i = max_logit and
+    log s_i = log_sum (lse_i = m_i + log s_i, softmax(x_i) = exp((x_i - m_i) - log s_i)):
         grad_input  = g_i (softmax(x_i) A_i - a_i)      grad_target = g_i (1 - eps) w (lse_i - x_i)
     with a_i the weighted, smoothed target distribution, A_i its sum and g_i = grad_loss / normalizer.
     Forward-mode (jvp), with tangents x' and (probability targets) p', y = softmax(x), <.,.> over classes:
@@ -248,21 +249,21 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, target, weight, reduction, ignore_index, label_smoothing = inputs
-        _, logsumexp, normalizer = output
-        ctx.mark_non_differentiable(logsumexp, normalizer)
+        _, max_logit, log_sum, normalizer = output
+        ctx.mark_non_differentiable(max_logit, log_sum, normalizer)
         ctx.set_materialize_grads(False)  # no zero gradient buffers for the non-differentiable outputs
-        # References to the inputs and one value per position: nothing of the logits' size is created.
-        ctx.save_for_backward(input, target, weight, logsumexp, normalizer)
-        ctx.save_for_forward(input, target, weight, logsumexp, normalizer)
+        # References to the inputs and two values per position: nothing of the logits' size is created.
+        ctx.save_for_backward(input, target, weight, max_logit, log_sum, normalizer)
+        ctx.save_for_forward(input, target, weight, max_logit, log_sum, normalizer)
         ctx.reduction = reduction
         ctx.ignore_index = ignore_index
         ctx.label_smoothing = label_smoothing
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_logsumexp, grad_normalizer):
+    def backward(ctx, grad_loss, grad_max_logit, grad_log_sum, grad_normalizer):
         if grad_loss is None:
             return None, None, None, None, None, None
-        input, target, weight, logsumexp, normalizer = ctx.saved_tensors
+        input, target, weight, max_logit, log_sum, normalizer = ctx.saved_tensors
         need_input, need_target, need_weight = ctx.needs_input_grad[:3]
         if need_weight:  # as torch's nll_loss: class weights are constants
             raise RuntimeError("softmax_cross_entropy: the derivative for 'weight' is not implemented")
@@ -270,7 +271,7 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
             return None, None, None, None, None, None
         options = (ctx.reduction, ctx.ignore_index, ctx.label_smoothing, [need_input, need_target])
         grad_input, grad_target = SoftmaxCrossEntropyBackwardFunction.apply(
-            grad_loss, input, target, weight, logsumexp, normalizer, NonTensorArgs(options)
+            grad_loss, input, target, weight, max_logit, log_sum, normalizer, NonTensorArgs(options)
         )
         return (
             grad_input if need_input else None,
@@ -282,11 +283,13 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     def jvp(ctx, input_tangent, target_tangent, *_):
         # No tangent from the class weights: constants, as in backward. (torch.func hands every input a
         # tangent, zeros where it has none, so a weight tangent cannot be refused here as in backward.)
-        input, target, weight, logsumexp, normalizer = ctx.saved_tensors
+        input, target, weight, max_logit, log_sum, normalizer = ctx.saved_tensors
         class_dim = 0 if input.dim() == 1 else 1
         eps = ctx.label_smoothing
         a, A, class_weight = _softmax_cross_entropy_coefficients(input, target, weight, ctx.ignore_index, eps)
-        lse_minus_x = logsumexp.unsqueeze(class_dim).to(input.dtype) - input
+        # (m - x) + log s: in this order, exact where the softmax is not negligible.
+        lse_minus_x = (max_logit.unsqueeze(class_dim) - input) + log_sum.unsqueeze(class_dim)
+        lse_minus_x = lse_minus_x.to(input.dtype)
         per_class = torch.zeros_like(input)
         if input_tangent is not None:
             per_class = per_class + ((-lse_minus_x).exp() * A - a) * input_tangent
@@ -294,7 +297,7 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
             per_class = per_class + (1 - eps) * class_weight * target_tangent * lse_minus_x
         per_position = per_class.sum(class_dim) / normalizer.to(input.dtype)
         loss_tangent = per_position if ctx.reduction == "none" else per_position.sum()
-        return loss_tangent, None, None
+        return loss_tangent, None, None, None  # max_logit, log_sum, normalizer: non-differentiable
 
 
 def _is_probability_target(input, target):
@@ -328,7 +331,8 @@ def _softmax_cross_entropy_coefficients(input, target, weight, ignore_index, lab
 
 class SoftmaxCrossEntropyBackwardFunction(torch.autograd.Function):
     """(grad_input, grad_target) = softmax_cross_entropy_backward(grad_loss, x, p, ...), differentiable in
-    grad_loss, x and (probability targets) p. logsumexp is taken as the function of x it is.
+    grad_loss, x and (probability targets) p. max_logit and log_sum are taken as the functions of x they
+    are (their sum lse has d lse / d x = y).
 
     With y = softmax(x) (lse is a function of x: d lse / d x = y), g = grad_loss / normalizer per
     position, GI = grad_grad_input, GT = grad_grad_target, <.,.> sums over the class dim:
@@ -346,14 +350,14 @@ class SoftmaxCrossEntropyBackwardFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(grad_loss, input, target, weight, logsumexp, normalizer, non_tensor_args):
+    def forward(grad_loss, input, target, weight, max_logit, log_sum, normalizer, non_tensor_args):
         return _ops.softmax_cross_entropy_backward.default(
-            grad_loss, input, target, weight, logsumexp, normalizer, *non_tensor_args.values
+            grad_loss, input, target, weight, max_logit, log_sum, normalizer, *non_tensor_args.values
         )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad_loss, input, target, weight, logsumexp, normalizer, non_tensor_args = inputs
+        grad_loss, input, target, weight, max_logit, log_sum, normalizer, non_tensor_args = inputs
         ctx.save_for_backward(grad_loss, input, target, weight, normalizer)
         ctx.save_for_forward(grad_loss, input, target, weight, normalizer)
         ctx.reduction, ctx.ignore_index, ctx.label_smoothing, ctx.output_mask = non_tensor_args.values
@@ -390,7 +394,7 @@ class SoftmaxCrossEntropyBackwardFunction(torch.autograd.Function):
             grad_x = grad_x + g * (1 - eps) * (y * gt_w.sum(class_dim, keepdim=True) - gt_w)
         per_position = per_position.sum(class_dim) / normalizer
         grad_grad_loss = per_position if ctx.reduction == "none" else per_position.sum()
-        return grad_grad_loss, grad_x, grad_p, None, None, None, None
+        return grad_grad_loss, grad_x, grad_p, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, grad_loss_tangent, input_tangent, target_tangent, *_):
@@ -444,5 +448,5 @@ torch.library.register_autograd(
     setup_context=SoftmaxCrossEntropyFunction.setup_context,
 )
 register_backward_op_autograd(
-    "torch_manualbp::softmax_cross_entropy_backward", SoftmaxCrossEntropyBackwardFunction, 6
+    "torch_manualbp::softmax_cross_entropy_backward", SoftmaxCrossEntropyBackwardFunction, 7
 )

@@ -37,11 +37,11 @@ constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
 
 // The exponential of every kernel: ATen's exp_u20 (range reduction + a degree-5 polynomial, the one ATen's
 // own softmax kernels use) instead of Sleef's exp (Vectorized::exp, 1 ulp). Measured on the AVX2 (Zen 1)
-// machine of docs/ce.md: 1.05 vs 1.82 ns per element on one core, 4.5 ulp (3.7e-7) worst relative error
+// machine of the README: 1.05 vs 1.82 ns per element on one core, 4.5 ulp (3.7e-7) worst relative error
 // over [-80, 0] against 0.97 ulp, and end to end no visible difference (loss 2.3e-7 relative, gradient
 // 4.4e-7 mean relative error against float64 with either), while the (4096, 32768) forward takes 35%
-// less CPU time. Its arguments here are x - ref (kept only where at most kMaxReferenceGap) and x - lse
-// (<= ~0): -inf gives exactly 0 (masked classes have probability 0), results below FLT_MIN flush to 0.
+// less CPU time. Its arguments here are x - ref (kept only where at most kMaxReferenceGap) and x - m
+// (<= 0): -inf gives exactly 0 (masked classes have probability 0), results below FLT_MIN flush to 0.
 // It does not propagate NaN and clamps large arguments, so no value it returns for NaN or +inf is ever
 // used: rows holding NaN or +inf are detected from their max and written as NaN explicitly, as torch
 // gives them. For float64 exp_u20 is Sleef's exp.
@@ -341,7 +341,8 @@ void forward_rows(const CrossEntropyProblem& problem, const CrossEntropyForwardO
   const int64_t C = problem.classes;
   const T* input = static_cast<const T*>(problem.input);
   const T* prob = problem.probability_target ? static_cast<const T*>(problem.target) : nullptr;
-  auto* logsumexp = static_cast<acc_t*>(out.logsumexp);
+  auto* max_logit = static_cast<acc_t*>(out.max_logit);
+  auto* log_sum = static_cast<acc_t*>(out.log_sum);
   auto* block_sums = static_cast<acc_t*>(out.block_sums);
   const int64_t blocks = loss_blocks(rows, C, 1);
   const int64_t grain = std::max<int64_t>(1, row_grain(C) / kRowsPerLossBlock);
@@ -354,7 +355,8 @@ void forward_rows(const CrossEntropyProblem& problem, const CrossEntropyForwardO
         const T* x_row = input + r * C;
         const RowSums<acc_t> sums = row_sums<T, kLinear, kWeighted>(
             x_row, prob != nullptr ? prob + r * C : nullptr, k, x_buffer.data(), p_buffer.data());
-        logsumexp[r] = sums.finite ? sums.max + sums.log_sum : sums.max;
+        max_logit[r] = sums.max;
+        log_sum[r] = sums.finite ? sums.log_sum : sums.max;
         const PositionLoss<acc_t> loss = position_loss<acc_t, kLinear>(
             problem, k, r, sums.finite, sums.max, sums.log_sum, sums.coef_sum, sums.linear,
             [&](int64_t t) { return static_cast<acc_t>(x_row[t]); });
@@ -481,7 +483,8 @@ void forward_spatial(const CrossEntropyProblem& problem, const CrossEntropyForwa
   const int64_t blocks = loss_blocks(problem.outer, C, S);
   const T* input = static_cast<const T*>(problem.input);
   const T* prob = problem.probability_target ? static_cast<const T*>(problem.target) : nullptr;
-  auto* logsumexp = static_cast<acc_t*>(out.logsumexp);
+  auto* max_logit = static_cast<acc_t*>(out.max_logit);
+  auto* log_sum_out = static_cast<acc_t*>(out.log_sum);
   auto* block_sums = static_cast<acc_t*>(out.block_sums);
   const int64_t grain = std::max<int64_t>(1, kParallelGrainElements / std::max<int64_t>(C * lanes, 1));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
@@ -506,7 +509,8 @@ void forward_spatial(const CrossEntropyProblem& problem, const CrossEntropyForwa
         const int64_t position = chunk.n * S + chunk.s0 + l;
         const bool finite = std::isfinite(m[l]);
         const acc_t log_sum = finite ? log_s[l] : -kInf<acc_t>;
-        logsumexp[position] = finite ? m[l] + log_sum : m[l];
+        max_logit[position] = m[l];
+        log_sum_out[position] = finite ? log_sum : m[l];
         const PositionLoss<acc_t> loss = position_loss<acc_t, kLinear>(
             problem, k, position, finite, m[l], log_sum, coef_sum[l], lin[l],
             [&](int64_t t) { return x[t * x_stride + l]; });
@@ -556,11 +560,14 @@ void forward(const CrossEntropyProblem& problem, const CrossEntropyForwardOutput
 }
 
 // ---- backward ---------------------------------------------------------------------------------------
-// Per position i the gradient is  grad_c = g_i (exp(x_c - lse) A_i - b_c)  (csrc/softmax_cross_entropy.cpp):
+// Per position i the gradient is  grad_c = g_i (y_c A_i - b_c)  (csrc/softmax_cross_entropy.cpp):
 //   index:        A = (1 - eps) w_t + (eps / C) W,   b_c = (eps / C) w_c + (1 - eps) w_t [c == t]
 //   probability:  A = sum_c w_c q_c,                 b_c = w_c q_c
-// and for probability targets  grad_target_c = g_i (1 - eps) w_c (lse - x_c).
-// g_i = grad_loss (per position, or the one value) / normalizer.
+// and for probability targets  grad_target_c = g_i (1 - eps) w_c ((m - x_c) + log s).
+// g_i = grad_loss (per position, or the one value) / normalizer. The softmax y_c = exp(x_c - m) / s is
+// formed as exp(x_c - m) times the per-position factor gA / s (s = exp(log s) once per position): x - m
+// is exact for every class whose probability is not negligible, so the gradient keeps full precision at
+// any logit offset, and costs no more per element than exp(x - lse) would.
 
 template <typename T, typename acc_t = at::opmath_type<T>>
 inline acc_t position_scale(const CrossEntropyBackwardArgs& args, int64_t position) {
@@ -584,16 +591,16 @@ inline void store_from_acc(const acc_t* src, T* dst, int64_t n) {
   if constexpr (!std::is_same_v<T, acc_t>) at::vec::convert(src, dst, n);
 }
 
-// Index targets, n classes of one row: grad_c = exp(x_c - lse) gA - gb w_c  (the [c == t] term is added
-// by the caller).
+// Index targets, n classes of one row: grad_c = exp(x_c - m) gA_s - gb w_c with gA_s = gA / s (the
+// [c == t] term is added by the caller).
 template <typename acc_t, bool kWeighted>
-void index_grad_block(const acc_t* x, const acc_t* w, int64_t n, acc_t lse, acc_t gA, acc_t gb, acc_t* out) {
+void index_grad_block(const acc_t* x, const acc_t* w, int64_t n, acc_t m, acc_t gA_s, acc_t gb, acc_t* out) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  const Vec lse_v(lse), gA_v(gA), gb_v(gb);
+  const Vec m_v(m), gA_v(gA_s), gb_v(gb);
   for (int64_t c = 0; c < n; c += V) {
     const int64_t count = std::min<int64_t>(V, n - c);
-    const Vec e = exp_fast(load_lanes<Vec>(x + c, count) - lse_v);
+    const Vec e = exp_fast(load_lanes<Vec>(x + c, count) - m_v);
     const Vec b = kWeighted ? gb_v * load_lanes<Vec>(w + c, count) : gb_v;
     const Vec grad = at::vec::fmsub(e, gA_v, b);
     if (count == V) {
@@ -604,24 +611,24 @@ void index_grad_block(const acc_t* x, const acc_t* w, int64_t n, acc_t lse, acc_
   }
 }
 
-// Probability targets, n classes of one row: grad_c = exp(x_c - lse) gA - g a_c, and when grad_target is
-// asked, grad_target_c = g (1 - eps) w_c (lse - x_c).
+// Probability targets, n classes of one row: grad_c = exp(x_c - m) gA_s - g a_c with gA_s = gA / s, and
+// when grad_target is asked, grad_target_c = g (1 - eps) w_c ((m - x_c) + log s).
 template <typename acc_t, bool kWeighted>
 void probability_grad_block(
-    const LossConstants<acc_t>& k, const acc_t* x, const acc_t* p, const acc_t* w, int64_t n, acc_t lse, acc_t gA,
-    acc_t g, acc_t* out, acc_t* out_target) {
+    const LossConstants<acc_t>& k, const acc_t* x, const acc_t* p, const acc_t* w, int64_t n, acc_t m, acc_t log_s,
+    acc_t gA_s, acc_t g, acc_t* out, acc_t* out_target) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  const Vec lse_v(lse), gA_v(gA), g_v(g), g_keep_v(g * k.keep);
+  const Vec m_v(m), log_s_v(log_s), gA_v(gA_s), g_v(g), g_keep_v(g * k.keep);
   for (int64_t c = 0; c < n; c += V) {
     const int64_t count = std::min<int64_t>(V, n - c);
     const Vec xv = load_lanes<Vec>(x + c, count);
     const Vec a = linear_coef<acc_t, Linear::kTargetProbability, kWeighted>(k, p + c, kWeighted ? w + c : nullptr, count);
-    const Vec grad = at::vec::fmsub(exp_fast(xv - lse_v), gA_v, g_v * a);
+    const Vec grad = at::vec::fmsub(exp_fast(xv - m_v), gA_v, g_v * a);
     grad.store(out + c, count);
     if (out_target != nullptr) {
       const Vec scale = kWeighted ? g_keep_v * load_lanes<Vec>(w + c, count) : g_keep_v;
-      (scale * (lse_v - xv)).store(out_target + c, count);
+      (scale * ((m_v - xv) + log_s_v)).store(out_target + c, count);
     }
   }
 }
@@ -652,7 +659,8 @@ void backward_rows(const CrossEntropyProblem& problem, const CrossEntropyBackwar
   const int64_t C = problem.classes;
   const T* input = static_cast<const T*>(problem.input);
   const T* prob = kProbability ? static_cast<const T*>(problem.target) : nullptr;
-  const auto* logsumexp = static_cast<const acc_t*>(args.logsumexp);
+  const auto* max_logit = static_cast<const acc_t*>(args.max_logit);
+  const auto* log_sum = static_cast<const acc_t*>(args.log_sum);
   T* grad = static_cast<T*>(args.grad_input);
   T* grad_target = static_cast<T*>(args.grad_target);
   at::parallel_for(0, problem.outer, row_grain(C), [&](int64_t begin, int64_t end) {
@@ -662,13 +670,14 @@ void backward_rows(const CrossEntropyProblem& problem, const CrossEntropyBackwar
       const T* x_row = input + r * C;
       T* grad_row = grad + r * C;
       T* grad_target_row = grad_target != nullptr ? grad_target + r * C : nullptr;
-      const acc_t lse = logsumexp[r];
-      if (!std::isfinite(lse)) {  // NaN, +inf or only -inf in the row: torch's softmax is NaN
+      const acc_t m = max_logit[r], log_s = log_sum[r];
+      if (!std::isfinite(m)) {  // NaN, +inf or only -inf in the row: torch's softmax is NaN
         fill(grad_row, C, kNaN<acc_t>);
         if (grad_target_row != nullptr) fill(grad_target_row, C, kNaN<acc_t>);
         continue;
       }
       const acc_t g = position_scale<T>(args, r);
+      const acc_t inv_s = acc_t(1) / std::exp(log_s);
       if constexpr (!kProbability) {
         const int64_t t = class_index(problem.target, problem.index_dtype, r);
         if (t == problem.ignore_index) {
@@ -682,8 +691,8 @@ void backward_rows(const CrossEntropyProblem& problem, const CrossEntropyBackwar
           const int64_t n = std::min(kRowBlock, C - c0);
           acc_t* out = acc_destination(grad_row + c0, grad_buffer.data());
           index_grad_block<acc_t, kWeighted>(
-              as_acc(x_row + c0, n, x_buffer.data()), kWeighted ? k.weight + c0 : nullptr, n, lse, gA, g * k.smooth,
-              out);
+              as_acc(x_row + c0, n, x_buffer.data()), kWeighted ? k.weight + c0 : nullptr, n, m, gA * inv_s,
+              g * k.smooth, out);
           if (t >= c0 && t < c0 + n) out[t - c0] -= g * k.keep * w_t;
           store_from_acc(out, grad_row + c0, n);
         }
@@ -698,7 +707,7 @@ void backward_rows(const CrossEntropyProblem& problem, const CrossEntropyBackwar
               : nullptr;
           probability_grad_block<acc_t, kWeighted>(
               k, as_acc(x_row + c0, n, x_buffer.data()), as_acc(p_row + c0, n, p_buffer.data()),
-              kWeighted ? k.weight + c0 : nullptr, n, lse, gA, g, out, out_target);
+              kWeighted ? k.weight + c0 : nullptr, n, m, log_s, gA * inv_s, g, out, out_target);
           store_from_acc(out, grad_row + c0, n);
           if (out_target != nullptr) store_from_acc(out_target, grad_target_row + c0, n);
         }
@@ -718,7 +727,8 @@ void backward_spatial(const CrossEntropyProblem& problem, const CrossEntropyBack
   const int64_t blocks = loss_blocks(problem.outer, C, S);
   const T* input = static_cast<const T*>(problem.input);
   const T* prob = kProbability ? static_cast<const T*>(problem.target) : nullptr;
-  const auto* logsumexp = static_cast<const acc_t*>(args.logsumexp);
+  const auto* max_logit = static_cast<const acc_t*>(args.max_logit);
+  const auto* log_sum = static_cast<const acc_t*>(args.log_sum);
   T* grad = static_cast<T*>(args.grad_input);
   T* grad_target = static_cast<T*>(args.grad_target);
   const int64_t grain = std::max<int64_t>(1, kParallelGrainElements / std::max<int64_t>(C * lanes, 1));
@@ -727,9 +737,10 @@ void backward_spatial(const CrossEntropyProblem& problem, const CrossEntropyBack
     std::vector<acc_t> x_buffer(buffer_size), grad_buffer(buffer_size);
     std::vector<acc_t> p_buffer(kProbability ? buffer_size : 0);
     std::vector<acc_t> grad_target_buffer(grad_target != nullptr ? buffer_size : 0);
-    // Per lane: lse (0 where not finite), gA, gb (index: g eps / C; probability: g), the target term
-    // subtracted at class t (index), and which lanes are NaN columns.
-    alignas(64) std::array<acc_t, kMaxLanes> lse, gA, gb, target_term;
+    // Per lane: m and log s (0 where not finite), 1 / s, gA (index: already divided by s), gb (index:
+    // g eps / C; probability: g), the target term subtracted at class t (index), and which lanes are NaN
+    // columns.
+    alignas(64) std::array<acc_t, kMaxLanes> m, log_s, inv_s, gA, gb, target_term;
     std::array<int64_t, kMaxLanes> target;
     std::array<bool, kMaxLanes> nan_lane;
     for (int64_t b = begin; b < end; ++b) {
@@ -744,16 +755,18 @@ void backward_spatial(const CrossEntropyProblem& problem, const CrossEntropyBack
           grad_target != nullptr ? acc_destination(grad_target + offset, grad_target_buffer.data()) : nullptr;
       const int64_t padded = (chunk.len + V - 1) / V * V;
       for (int64_t l = 0; l < padded; ++l) {
-        lse[l] = gA[l] = gb[l] = target_term[l] = acc_t(0);
+        m[l] = log_s[l] = inv_s[l] = gA[l] = gb[l] = target_term[l] = acc_t(0);
         target[l] = -1;
         nan_lane[l] = false;
         if (l >= chunk.len) continue;
         const int64_t position = chunk.n * S + chunk.s0 + l;
-        if (!std::isfinite(logsumexp[position])) {
+        if (!std::isfinite(max_logit[position])) {
           nan_lane[l] = true;
           continue;
         }
-        lse[l] = logsumexp[position];
+        m[l] = max_logit[position];
+        log_s[l] = log_sum[position];
+        inv_s[l] = acc_t(1) / std::exp(log_s[l]);
         const acc_t g = position_scale<T>(args, position);
         if constexpr (kProbability) {
           gb[l] = g;
@@ -762,7 +775,7 @@ void backward_spatial(const CrossEntropyProblem& problem, const CrossEntropyBack
           if (t == problem.ignore_index) continue;
           check_class_index(t, C);
           const acc_t w_t = k.class_weight(t);
-          gA[l] = g * (k.keep * w_t + k.smooth * k.total_weight);
+          gA[l] = g * (k.keep * w_t + k.smooth * k.total_weight) * inv_s[l];
           gb[l] = g * k.smooth;
           target[l] = t;
           target_term[l] = g * k.keep * w_t;
@@ -771,20 +784,21 @@ void backward_spatial(const CrossEntropyProblem& problem, const CrossEntropyBack
       // One vector of positions at a time, its per-lane factors in registers, sweeping the classes.
       for (int64_t j = 0; j < chunk.len; j += V) {
         const int64_t count = std::min<int64_t>(V, chunk.len - j);
-        const Vec lse_v = Vec::loadu(lse.data() + j), gb_v = Vec::loadu(gb.data() + j);
-        Vec gA_v = Vec::loadu(gA.data() + j);
+        const Vec m_v = Vec::loadu(m.data() + j), log_s_v = Vec::loadu(log_s.data() + j);
+        const Vec gb_v = Vec::loadu(gb.data() + j);
+        Vec gA_v = Vec::loadu(gA.data() + j);  // divided by s: multiplies exp(x - m)
         auto coef = [&](int64_t c) {  // a_c of probability targets
           Vec a = at::vec::fmadd(Vec(k.keep), load_lanes<Vec>(p + c * p_stride + j, count), Vec(k.smooth));
           return kWeighted ? a * Vec(k.weight[c]) : a;
         };
-        if constexpr (kProbability) {  // gA = g A, A = sum_c a_c
+        if constexpr (kProbability) {  // gA / s = g A / s, A = sum_c a_c
           Vec coef_sum(acc_t(0));
           for (int64_t c = 0; c < C; ++c) coef_sum = coef_sum + coef(c);
-          gA_v = coef_sum * gb_v;
+          gA_v = coef_sum * gb_v * Vec::loadu(inv_s.data() + j);
         }
         for (int64_t c = 0; c < C; ++c) {
           const Vec xv = load_lanes<Vec>(x + c * x_stride + j, count);
-          const Vec e = exp_fast(xv - lse_v);
+          const Vec e = exp_fast(xv - m_v);
           Vec b;
           if constexpr (kProbability) {
             b = gb_v * coef(c);
@@ -793,7 +807,7 @@ void backward_spatial(const CrossEntropyProblem& problem, const CrossEntropyBack
           }
           at::vec::fmsub(e, gA_v, b).store(out + c * out_stride + j, count);
           if (out_target != nullptr) {
-            (gb_v * Vec(k.keep * k.class_weight(c)) * (lse_v - xv)).store(out_target + c * out_stride + j, count);
+            (gb_v * Vec(k.keep * k.class_weight(c)) * ((m_v - xv) + log_s_v)).store(out_target + c * out_stride + j, count);
           }
         }
       }

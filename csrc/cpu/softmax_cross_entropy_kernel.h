@@ -31,7 +31,8 @@ struct CrossEntropyForwardOutputs {
   void* loss;         // dtype: per position ('none', per_position) or one element (the reduced loss)
   bool per_position;  // reduction 'none'
   bool mean;          // reduction 'mean': the total is divided by the normalizer
-  void* logsumexp;    // acc_t, per position
+  void* max_logit;    // acc_t, per position: m
+  void* log_sum;      // acc_t, per position: log s (non-finite rows: m again, so m + log s is their lse)
   void* normalizer;   // acc_t, one element: total weight / positions for 'mean', 1 otherwise
   void* block_sums;   // acc_t scratch of 2 * loss_blocks(outer, classes, inner) (not used for 'none')
 };
@@ -39,7 +40,8 @@ struct CrossEntropyForwardOutputs {
 struct CrossEntropyBackwardArgs {
   const void* grad_loss;  // dtype: per position (grad_per_position) or one element
   bool grad_per_position;
-  const void* logsumexp;   // acc_t, per position
+  const void* max_logit;   // acc_t, per position: m
+  const void* log_sum;     // acc_t, per position: log s
   const void* normalizer;  // acc_t, one element
   void* grad_input;        // dtype, like input
   void* grad_target;       // dtype, like input, or nullptr (probability targets only)
@@ -66,7 +68,7 @@ inline int64_t loss_blocks(int64_t outer, int64_t classes, int64_t inner) {
 }
 
 struct SoftmaxCrossEntropyKernels {
-  // Loss, logsumexp and normalizer in one pass over the logits (see csrc/softmax_cross_entropy.cpp).
+  // Loss, m, log s and normalizer in one pass over the logits (see csrc/softmax_cross_entropy.cpp).
   // Throws c10::IndexError for a class index outside [0, classes) that is not ignore_index.
   void (*forward)(const CrossEntropyProblem& problem, const CrossEntropyForwardOutputs& out);
 

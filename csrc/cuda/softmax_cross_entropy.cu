@@ -13,7 +13,7 @@
 //   kThread inner > 1 (N, C, d1, ...): one thread per position looping over the classes, so that
 //           consecutive threads read consecutive positions (coalesced, untransposed).
 // Forward: each thread keeps online statistics (m, s, A, lin) of its classes in one pass, the group
-// merges them with shuffles (and shared memory across warps), and the group's first thread writes lse and
+// merges them with shuffles (and shared memory across warps), and the group's first thread writes m, log s and
 // the loss. 'mean' / 'sum': each block adds its positions' losses in a fixed order into one partial, and a
 // one-block kernel adds the partials in order: no float atomics, the same bits on every run.
 // Backward: one read of x (and p) and one write of the gradient per position.
@@ -227,15 +227,17 @@ struct PositionLoss {
   acc_t weight;  // the position's share of the 'mean' normalizer
 };
 
-// lse and the loss of one position from its statistics; ignored index targets give 0 and weigh nothing().
+// m, log s and the loss of one position from its statistics; ignored index targets give 0 and weigh
+// nothing. Non-finite rows store m in both (so that m + log s is their lse: NaN, +inf or -inf).
 template <typename scalar_t, bool kProbability>
 __device__ PositionLoss<at::opmath_type<scalar_t>> finish_position(
     const Problem<scalar_t>& pb, const RowStats<at::opmath_type<scalar_t>>& st, const Placement& here,
-    at::opmath_type<scalar_t>* logsumexp) {
+    at::opmath_type<scalar_t>* max_logit, at::opmath_type<scalar_t>* log_sum_out) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool finite = st.max > -kInf<acc_t> && st.max < kInf<acc_t>;  // false for NaN
   const acc_t log_sum = log_of(st.sum_exp);
-  logsumexp[here.position] = finite ? st.max + log_sum : st.max;
+  max_logit[here.position] = st.max;
+  log_sum_out[here.position] = finite ? log_sum : st.max;
   if constexpr (kProbability) {
     if (pb.classes == 0) return {acc_t(0), acc_t(1)};
     return {finite ? st.coef_sum * log_sum - st.linear : kNaN<acc_t>, acc_t(1)};
@@ -257,7 +259,8 @@ template <typename scalar_t>
 struct ForwardOutputs {
   using acc_t = at::opmath_type<scalar_t>;
   scalar_t* loss;       // per position ('none'), or nullptr
-  acc_t* logsumexp;     // per position
+  acc_t* max_logit;     // per position: m
+  acc_t* log_sum;       // per position: log s
   acc_t* block_loss;    // per block partial sums ('mean' / 'sum'), or nullptr
   acc_t* block_weight;  // per block partial normalizer weights, with block_loss
 };
@@ -279,7 +282,7 @@ __global__ void forward_kernel(Problem<scalar_t> pb, ForwardOutputs<scalar_t> ou
     }
     st = group_merge<kGroup>(st, linear, stats_scratch);
     if (here.leader) {
-      result = finish_position<scalar_t, kProbability>(pb, st, here, out.logsumexp);
+      result = finish_position<scalar_t, kProbability>(pb, st, here, out.max_logit, out.log_sum);
       if (out.loss != nullptr) out.loss[here.position] = static_cast<scalar_t>(result.loss);
     }
   }
@@ -321,18 +324,20 @@ __global__ void finish_reduction_kernel(
 // ---- backward -------------------------------------------------------------------------------------------
 // Every loss above is  loss = sum_c a_c (lse - x_c)  with a_c independent of x, and d lse / d x_j = y_j
 // (the softmax), so the softmax Jacobian times the cross-entropy gradient collapses to
-//   d loss / d x_j = sum_c a_c (y_j - [c == j]) = y_j A - a_j,       y_j = exp(x_j - lse)
+//   d loss / d x_j = sum_c a_c (y_j - [c == j]) = y_j A - a_j,       y_j = exp(x_j - m) / s
 //   index:        A = (1 - eps) w_t + (eps / C) W,   a_j = (eps / C) w_j + (1 - eps) w_t [j == t]
 //   probability:  A = sum_c w_c q_c,                 a_j = w_j q_j
-//   d loss / d p_j = (1 - eps) w_j (lse - x_j)                          (probability targets, via q_j)
-// times g = grad_loss (of the position, or the one value) / normalizer. Ignored positions get 0; a
-// non-finite lse (NaN, +inf or an all -inf row) gives NaN, as torch's log_softmax backward does.
+//   d loss / d p_j = (1 - eps) w_j ((m - x_j) + log s)                  (probability targets, via q_j)
+// times g = grad_loss (of the position, or the one value) / normalizer. y is exp(x - m) times A g / s
+// (x - m is exact where y is not negligible: full precision at any logit offset). Ignored positions get
+// 0; a non-finite m (NaN, +inf or an all -inf row) gives NaN, as torch's log_softmax backward does.
 template <typename scalar_t>
 struct BackwardArgs {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* grad_loss;  // per position (grad_per_position) or one value
   bool grad_per_position;
-  const acc_t* logsumexp;   // per position
+  const acc_t* max_logit;   // per position: m
+  const acc_t* log_sum;     // per position: log s
   const acc_t* normalizer;  // one value
   const acc_t* weight_sum;  // W = sum_c w_c (index targets with weight and label smoothing), or nullptr
   scalar_t* grad_input;     // like input, or nullptr
@@ -345,8 +350,9 @@ __global__ void backward_kernel(Problem<scalar_t> pb, BackwardArgs<scalar_t> bw)
   __shared__ acc_t sum_scratch[kWarpSize];
   const Placement here = place_thread<kGroup>(pb.classes, pb.inner);
   if (here.position >= pb.positions) return;  // the same for a whole warp (kWarp) or block (kBlock)
-  const acc_t lse = bw.logsumexp[here.position];
-  if (!(lse > -kInf<acc_t> && lse < kInf<acc_t>)) {
+  const acc_t m = bw.max_logit[here.position];
+  const acc_t log_s = bw.log_sum[here.position];
+  if (!(m > -kInf<acc_t> && m < kInf<acc_t>)) {
     for (int64_t c = here.first_class; c < pb.classes; c += here.class_step) {
       const int64_t e = here.base + c * here.class_stride;
       if (bw.grad_input != nullptr) bw.grad_input[e] = static_cast<scalar_t>(kNaN<acc_t>);
@@ -355,6 +361,7 @@ __global__ void backward_kernel(Problem<scalar_t> pb, BackwardArgs<scalar_t> bw)
     return;
   }
   const acc_t g = static_cast<acc_t>(bw.grad_loss[bw.grad_per_position ? here.position : 0]) / bw.normalizer[0];
+  const acc_t inv_s = acc_t(1) / exp_of(log_s);
 
   if constexpr (!kProbability) {
     const int64_t t = pb.class_target[here.position];
@@ -371,14 +378,14 @@ __global__ void backward_kernel(Problem<scalar_t> pb, BackwardArgs<scalar_t> bw)
     if (bw.grad_input == nullptr) return;
     const acc_t w_t = pb.class_weight(t);
     const acc_t total_weight = bw.weight_sum != nullptr ? bw.weight_sum[0] : static_cast<acc_t>(pb.classes);
-    const acc_t gA = g * (pb.keep * w_t + (pb.smoothing ? pb.smooth * total_weight : acc_t(0)));
+    const acc_t gA_s = g * (pb.keep * w_t + (pb.smoothing ? pb.smooth * total_weight : acc_t(0))) * inv_s;
     const acc_t g_smooth = pb.smoothing ? g * pb.smooth : acc_t(0);
     const acc_t target_term = g * pb.keep * w_t;
 #pragma unroll 4
     for (int64_t c = here.first_class; c < pb.classes; c += here.class_step) {
       const int64_t e = here.base + c * here.class_stride;
-      const acc_t y = exp_of(static_cast<acc_t>(pb.input[e]) - lse);
-      acc_t grad = y * gA - g_smooth * pb.class_weight(c);
+      const acc_t e_xm = exp_of(static_cast<acc_t>(pb.input[e]) - m);  // s y
+      acc_t grad = e_xm * gA_s - g_smooth * pb.class_weight(c);
       if (c == t) grad -= target_term;
       bw.grad_input[e] = static_cast<scalar_t>(grad);
     }
@@ -387,16 +394,18 @@ __global__ void backward_kernel(Problem<scalar_t> pb, BackwardArgs<scalar_t> bw)
     for (int64_t c = here.first_class; c < pb.classes; c += here.class_step) {
       coef_sum += linear_coef<scalar_t, true>(pb, here.base + c * here.class_stride, c);
     }
-    const acc_t gA = g * group_sum<kGroup>(coef_sum, sum_scratch);
+    const acc_t gA_s = g * group_sum<kGroup>(coef_sum, sum_scratch) * inv_s;
     const acc_t g_keep = g * pb.keep;
 #pragma unroll 4
     for (int64_t c = here.first_class; c < pb.classes; c += here.class_step) {
       const int64_t e = here.base + c * here.class_stride;
       const acc_t x = static_cast<acc_t>(pb.input[e]);
       if (bw.grad_input != nullptr) {
-        bw.grad_input[e] = static_cast<scalar_t>(exp_of(x - lse) * gA - g * linear_coef<scalar_t, true>(pb, e, c));
+        bw.grad_input[e] = static_cast<scalar_t>(exp_of(x - m) * gA_s - g * linear_coef<scalar_t, true>(pb, e, c));
       }
-      if (bw.grad_target != nullptr) bw.grad_target[e] = static_cast<scalar_t>(g_keep * pb.class_weight(c) * (lse - x));
+      if (bw.grad_target != nullptr) {
+        bw.grad_target[e] = static_cast<scalar_t>(g_keep * pb.class_weight(c) * ((m - x) + log_s));
+      }
     }
   }
 }
@@ -495,13 +504,13 @@ at::Tensor weight_for_kernels(const std::optional<at::Tensor>& weight, at::Scala
 }
 
 // ---- ops ------------------------------------------------------------------------------------------------
-std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cuda(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     std::string_view reduction, int64_t ignore_index, double label_smoothing) {
   const SoftmaxCrossEntropyShape shape = check_softmax_cross_entropy_forward(
       input, target, weight, reduction, ignore_index, label_smoothing);
   const c10::cuda::CUDAGuard device_guard(input.device());
-  const at::ScalarType acc_dtype = logsumexp_dtype(input.scalar_type());
+  const at::ScalarType acc_dtype = softmax_stats_dtype(input.scalar_type());
   const bool probability = shape.target_kind == TargetKind::kProbability;
   const bool per_position = shape.reduction == LossReduction::kNone;
   const at::Tensor x = input.contiguous();
@@ -509,7 +518,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cud
   const at::Tensor w = weight_for_kernels(weight, acc_dtype);
 
   at::Tensor loss = at::empty(shape.loss_sizes, input.options());
-  at::Tensor logsumexp = at::empty(shape.position_sizes, input.options().dtype(acc_dtype));
+  at::Tensor max_logit = at::empty(shape.position_sizes, input.options().dtype(acc_dtype));
+  at::Tensor log_sum = at::empty(shape.position_sizes, input.options().dtype(acc_dtype));
   at::Tensor normalizer = at::empty({}, input.options().dtype(acc_dtype));
   const LaunchPlan plan = plan_launch(shape);
   at::Tensor block_sums = at::empty({per_position ? 0 : 2, plan.blocks}, input.options().dtype(acc_dtype));
@@ -519,7 +529,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cud
     const Problem<scalar_t> pb = make_problem<scalar_t>(shape, x, t, w, ignore_index, label_smoothing);
     ForwardOutputs<scalar_t> out;
     out.loss = per_position ? loss.mutable_data_ptr<scalar_t>() : nullptr;
-    out.logsumexp = logsumexp.mutable_data_ptr<acc_t>();
+    out.max_logit = max_logit.mutable_data_ptr<acc_t>();
+    out.log_sum = log_sum.mutable_data_ptr<acc_t>();
     out.block_loss = per_position ? nullptr : block_sums.mutable_data_ptr<acc_t>();
     out.block_weight = per_position ? nullptr : out.block_loss + plan.blocks;
     if (plan.blocks > 0) {
@@ -540,16 +551,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cud
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {loss, logsumexp, normalizer};
+  return {loss, max_logit, log_sum, normalizer};
 }
 
 std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
-    const std::optional<at::Tensor>& weight, const at::Tensor& logsumexp, const at::Tensor& normalizer,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing, std::array<bool, 2> output_mask) {
+    const std::optional<at::Tensor>& weight, const at::Tensor& max_logit, const at::Tensor& log_sum,
+    const at::Tensor& normalizer, std::string_view reduction, int64_t ignore_index, double label_smoothing,
+    std::array<bool, 2> output_mask) {
   const SoftmaxCrossEntropyShape shape = check_softmax_cross_entropy_backward(
-      grad_loss, input, target, weight, logsumexp, normalizer, reduction,
-      ignore_index, label_smoothing);
+      grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing);
   const bool probability = shape.target_kind == TargetKind::kProbability;
   const bool want_input = output_mask[0];
   const bool want_target = output_mask[1] && probability;
@@ -557,12 +568,13 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
   if (!want_input && !want_target) return {nothing(), nothing()};
 
   const c10::cuda::CUDAGuard device_guard(input.device());
-  const at::ScalarType acc_dtype = logsumexp.scalar_type();
+  const at::ScalarType acc_dtype = max_logit.scalar_type();
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target_for_kernels(target, shape.target_kind);
   const at::Tensor w = weight_for_kernels(weight, acc_dtype);
   const at::Tensor grad_loss_values = grad_loss.contiguous();
-  const at::Tensor lse = logsumexp.contiguous();
+  const at::Tensor m = max_logit.contiguous();
+  const at::Tensor log_s = log_sum.contiguous();
   const at::Tensor weight_sum = (!probability && w.defined() && label_smoothing > 0) ? w.sum() : at::Tensor();
   at::Tensor grad_input = want_input ? at::empty(input.sizes(), input.options()) : nothing();
   at::Tensor grad_target = want_target ? at::empty(input.sizes(), input.options()) : nothing();
@@ -575,7 +587,8 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
     BackwardArgs<scalar_t> bw;
     bw.grad_loss = grad_loss_values.const_data_ptr<scalar_t>();
     bw.grad_per_position = shape.reduction == LossReduction::kNone;
-    bw.logsumexp = lse.const_data_ptr<acc_t>();
+    bw.max_logit = m.const_data_ptr<acc_t>();
+    bw.log_sum = log_s.const_data_ptr<acc_t>();
     bw.normalizer = normalizer.const_data_ptr<acc_t>();
     bw.weight_sum = weight_sum.defined() ? weight_sum.const_data_ptr<acc_t>() : nullptr;
     bw.grad_input = want_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
