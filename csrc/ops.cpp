@@ -1,6 +1,7 @@
 // Every op of torch_manualbp, declared once; the kernels register per backend (CPU: csrc/*.cpp,
 // CUDA: csrc/cuda/*.cu), fake kernels in torch_manualbp/_fake.py, autograd in torch_manualbp/functions.py.
-// Also the Python module torch_manualbp._C, which only reports how this build runs.
+// Also the Python module torch_manualbp._C: how this build runs, and the LinearSigmoid ops called below
+// autograd for the eager path of LinearSigmoidFunction (csrc/eager_calls.cpp).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -10,6 +11,7 @@
 #include <thread>
 
 #include "cpu/dispatch.h"
+#include "eager_calls.h"
 
 TORCH_LIBRARY(torch_manualbp, m) {
   // y = sigmoid(input @ weight^T + bias); bias None, (out,) or any shape broadcasting to the output.
@@ -79,4 +81,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def(
       "cpu_simd_level", [] { return std::string(torch_manualbp::cpu::simd_level_name(torch_manualbp::cpu::simd_level())); },
       "The SIMD level whose CPU kernels run in this process (DEFAULT, AVX2 or AVX512)");
+  module.def("linear_sigmoid_forward_below_autograd", &torch_manualbp::linear_sigmoid_forward_below_autograd,
+             "torch.ops.torch_manualbp.linear_sigmoid_forward with the autograd keys excluded");
+  module.def("linear_sigmoid_backward_below_autograd", &torch_manualbp::linear_sigmoid_backward_below_autograd,
+             "torch.ops.torch_manualbp.linear_sigmoid_backward with the autograd keys excluded");
 }

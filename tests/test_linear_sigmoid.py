@@ -240,3 +240,28 @@ def test_bad_input_through_torch_ops_directly():
 def test_public_names():
     assert torch_manualbp.LinearSigmoidFunction.apply is not None
     assert issubclass(torch_manualbp.LinearSigmoidFunction, torch.autograd.Function)
+
+
+def test_eager_path_calls_the_ops_below_autograd_and_matches_them(monkeypatch):
+    """In eager mode LinearSigmoidFunction runs its forward and backward ops through
+    torch_manualbp._C.*_below_autograd (no Python autograd wrapper): the same values, bitwise, as the ops
+    called through torch.ops, and a call of each per forward + backward."""
+    from torch_manualbp import _C
+    from torch_manualbp import functions
+
+    calls = []
+    for name in ("linear_sigmoid_forward_below_autograd", "linear_sigmoid_backward_below_autograd"):
+        real = getattr(_C, name)
+        monkeypatch.setattr(functions._C, name, lambda *args, _real=real, _name=name: calls.append(_name) or _real(*args))
+    x, w, b = (torch.randn(*shape).requires_grad_() for shape in ((7, 5), (3, 5), (3,)))
+    y = linear_sigmoid(x, w, b)
+    grad_y = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, w, b), grad_y)
+    assert calls == ["linear_sigmoid_forward_below_autograd", "linear_sigmoid_backward_below_autograd"]
+    ops = torch.ops.torch_manualbp
+    with torch.no_grad():
+        expected_y = ops.linear_sigmoid_forward(x, w, b)
+        expected = ops.linear_sigmoid_backward(grad_y, x, w, expected_y, [3], [True, True, True])
+    assert torch.equal(y, expected_y)
+    for got, want in zip(grads, expected):
+        assert torch.equal(got, want)

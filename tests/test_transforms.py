@@ -250,3 +250,36 @@ def test_model_per_sample_gradients_with_both_layers():
     for index in range(5):
         expected = grad(sample_loss)(params, inputs[index], targets[index], F.cross_entropy)
         _assert_close({name: g[index] for name, g in per_sample.items()}, expected)
+
+
+# ---- torch.autograd.forward_ad (dual tensors, no functorch) ------------------------------------------------
+# LinearSigmoidFunction saves for its jvp only while a dual level is open or a functorch transform runs
+# (the eager path skips save_for_forward otherwise): dual tensors must still get exact tangents.
+def test_linear_sigmoid_forward_ad_with_dual_tensors():
+    import torch.autograd.forward_ad as fwAD
+
+    x, w, b = (torch.randn(*shape, dtype=torch.float64) for shape in ((5, 4), (3, 4), (3,)))
+    tangents = [torch.randn_like(t) for t in (x, w, b)]
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(p, t) for p, t in zip((x, w, b), tangents)]
+        ours = fwAD.unpack_dual(linear_sigmoid(*duals))
+        native = fwAD.unpack_dual(torch.sigmoid(F.linear(*duals)))
+    torch.testing.assert_close(ours.primal, native.primal)
+    torch.testing.assert_close(ours.tangent, native.tangent)
+
+
+@pytest.mark.parametrize("kind", ["index", "probability"])
+def test_softmax_cross_entropy_forward_ad_with_dual_tensors(kind):
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(6, 5, dtype=torch.float64)
+    target = torch.randint(0, 5, (6,)) if kind == "index" else torch.rand(6, 5, dtype=torch.float64).softmax(1)
+    primals = [x] + ([target] if kind == "probability" else [])
+    tangents = [torch.randn_like(p) for p in primals]
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
+        args = duals if kind == "probability" else [duals[0], target]
+        ours = fwAD.unpack_dual(softmax_cross_entropy(*args, label_smoothing=0.1))
+        native = fwAD.unpack_dual(F.cross_entropy(*args, label_smoothing=0.1))
+    torch.testing.assert_close(ours.primal, native.primal)
+    torch.testing.assert_close(ours.tangent, native.tangent)

@@ -27,6 +27,8 @@ _AUTOCAST_DISPATCH_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}
 
 def _cast_dtype(policy, device_type):
     """The dtype autocast asks for on this device type, None where autocast is off."""
+    if not torch._C._is_any_autocast_enabled():  # the common case, answered in one call
+        return None
     if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type) if policy == LOWER_PRECISION else torch.float32

@@ -26,7 +26,8 @@ def linear_sigmoid(input, weight, bias=None):
     check_tensor("linear_sigmoid", "input", input)
     check_tensor("linear_sigmoid", "weight", weight)
     check_tensor("linear_sigmoid", "bias", bias, optional=True)
-    input, weight, bias = cast_for_autocast(LOWER_PRECISION, input.device.type, input, weight, bias)
+    if torch._C._is_any_autocast_enabled():
+        input, weight, bias = cast_for_autocast(LOWER_PRECISION, input.device.type, input, weight, bias)
     return apply_layer(LinearSigmoidFunction, _ops.linear_sigmoid_forward.default, input, weight, bias)
 
 
@@ -56,7 +57,8 @@ def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reducti
     check_int(fn, "ignore_index", ignore_index)
     check_reduction(reduction)
     check_float(fn, "label_smoothing", label_smoothing)
-    input, target, weight = cast_for_autocast(FLOAT32, input.device.type, input, target, weight)
+    if torch._C._is_any_autocast_enabled():
+        input, target, weight = cast_for_autocast(FLOAT32, input.device.type, input, target, weight)
     loss, *_ = apply_layer(
         SoftmaxCrossEntropyFunction,
         _ops.softmax_cross_entropy_forward.default,

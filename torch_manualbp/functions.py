@@ -15,20 +15,40 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from . import _C
+
 _ops = torch.ops.torch_manualbp
 _linear_sigmoid_forward = _ops.linear_sigmoid_forward.default
 _linear_sigmoid_backward = _ops.linear_sigmoid_backward.default
+_functorch_active = torch._C._are_functorch_transforms_active
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
+_is_compiling = torch.compiler.is_compiling
+
+
+def _may_skip_autograd():
+    """Whether an op may be called below autograd: grad mode off (inside Function.forward, and in a
+    backward without create_graph), in eager mode, outside functorch transforms. There the Python
+    autograd wrapper that register_autograd (below) puts on each op would only redispatch, and it costs
+    more than the kernels of a small layer; elsewhere (double backward, torch.compile, torch.func) the
+    op runs as usual."""
+    return not (torch.is_grad_enabled() or _is_compiling() or _functorch_active())
 
 
 def _call_kernel(op, *args):
-    """op(*args), skipping the Python autograd wrapper that register_autograd (below) puts on the op
-    where that wrapper would only redispatch: grad mode off (inside Function.forward, and in a backward
-    without create_graph), in eager mode, outside functorch transforms. The wrapper costs more than the
-    kernels of a small layer; elsewhere (double backward, torch.compile, torch.func) it runs as usual."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    """op(*args), below autograd where _may_skip_autograd() allows."""
+    if not _may_skip_autograd():
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
+
+
+def _forward_ad_possible():
+    """Whether a jvp may be asked of a Function being applied now: a forward-AD dual level is open
+    (torch.autograd.forward_ad) or a functorch transform (torch.func.jvp, jacfwd, ...) is active."""
+    return torch.autograd.forward_ad._current_level >= 0 or _functorch_active()
+
+
+_function_base_apply = torch._C._FunctionBase.__dict__["apply"]  # the C++ apply behind Function.apply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,20 +106,25 @@ class LinearSigmoidFunction(torch.autograd.Function):
         """Function.apply without its per-call inspect.signature binding of the arguments (they are
         complete and positional here), which costs more than the kernels at small sizes. Under functorch
         transforms, Function.apply itself; torch.compile traces forward/backward and skips this body."""
-        if torch._C._are_functorch_transforms_active():
+        if _functorch_active():
             return super().apply(input, weight, bias)
-        args = torch._functorch.utils.unwrap_dead_wrappers((input, weight, bias))
-        return super(torch.autograd.Function, cls).apply(*args)
+        # Function.apply's unwrap_dead_wrappers, inlined.
+        return _function_base_apply.__get__(None, cls)(
+            _unwrap_if_dead(input), _unwrap_if_dead(weight), None if bias is None else _unwrap_if_dead(bias)
+        )
 
     @staticmethod
     def forward(input, weight, bias):
-        return _call_kernel(_linear_sigmoid_forward, input, weight, bias)
+        if _may_skip_autograd():
+            return _C.linear_sigmoid_forward_below_autograd(input, weight, bias)
+        return _linear_sigmoid_forward(input, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, weight, bias = inputs
         ctx.save_for_backward(input, weight, output)  # sigmoid' = y (1 - y): keep y, not z
-        ctx.save_for_forward(input, weight, output)
+        if _forward_ad_possible():  # jvp runs during this call or never: save for it only when it may
+            ctx.save_for_forward(input, weight, output)
         ctx.bias_sizes = None if bias is None else list(bias.shape)
 
     @staticmethod
@@ -115,9 +140,13 @@ class LinearSigmoidFunction(torch.autograd.Function):
             grad_input, grad_weight, grad_bias = LinearSigmoidBackwardFunction.apply(
                 grad_output, input, weight, output, NonTensorArgs((ctx.bias_sizes, mask))
             )
+        elif _may_skip_autograd():
+            grad_input, grad_weight, grad_bias = _C.linear_sigmoid_backward_below_autograd(
+                grad_output, input, weight, output, ctx.bias_sizes, mask
+            )
         else:
-            grad_input, grad_weight, grad_bias = _call_kernel(
-                _linear_sigmoid_backward, grad_output, input, weight, output, ctx.bias_sizes, mask
+            grad_input, grad_weight, grad_bias = _linear_sigmoid_backward(
+                grad_output, input, weight, output, ctx.bias_sizes, mask
             )
         return (
             grad_input if need_input else None,
