@@ -256,3 +256,18 @@ def test_docs_name_real_files_and_functions():
     for example in set(re.findall(r"`(examples/\w+\.py)`", text)):
         assert (ROOT / example).is_file(), example
     assert {f"examples/{path.name}" for path in EXAMPLE_FILES} <= set(re.findall(r"`(examples/\w+\.py)`", text))
+
+
+def test_benchmark_child_processes_ignore_a_source_tree_in_the_working_directory(tmp_path, monkeypatch):
+    """The benchmark's fresh processes (`python -c`) import the package the parent runs, not a
+    torch_manualbp/ folder in the working directory (a source checkout without, or with a stale, _C)."""
+    if not has_benchmarking():
+        pytest.skip("torch_manualbp.benchmarking is not part of this build")
+    from torch_manualbp import _bench_probes
+
+    shadow = tmp_path / "torch_manualbp"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the source tree in the working directory was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    result = _bench_probes.run_probe("memory", ["linear_sigmoid", [4, 8, 8], "float32", "torch_manualbp", 1], timeout=300)
+    assert "error" not in result, result

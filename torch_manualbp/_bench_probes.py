@@ -125,7 +125,11 @@ def run_probe(name, arguments, extra_env=None, timeout=1800):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root(), env.get("PYTHONPATH")) if p)
     env.update(extra_env or {})
-    code = "import sys; from torch_manualbp._bench_probes import main; sys.exit(main(sys.argv[1:]))"
+    # Without the working directory on sys.path (see benchmarking._run_children): the parent's package.
+    code = (
+        "import sys; sys.path = [p for p in sys.path if p]; "
+        "from torch_manualbp._bench_probes import main; sys.exit(main(sys.argv[1:]))"
+    )
     started = time.monotonic()
     try:
         completed = subprocess.run(

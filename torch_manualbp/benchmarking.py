@@ -502,8 +502,12 @@ def _run_children(args, settings):
     status = 0
     child_args = {key: value for key, value in vars(args).items() if _is_json(value)}
     child_args["thp"] = "current"
+    # `python -c` puts the working directory first on sys.path, where a source checkout's torch_manualbp/
+    # (without its compiled _C, or with a stale one) would shadow the package this process runs: drop it,
+    # so that PYTHONPATH (the parent's package root) decides.
     code = (
-        "import argparse, json, sys; from torch_manualbp.benchmarking import run; "
+        "import sys; sys.path = [p for p in sys.path if p]; "
+        "import argparse, json; from torch_manualbp.benchmarking import run; "
         "sys.exit(run(argparse.Namespace(**json.loads(sys.argv[1]))))"
     )
     for setting in settings:
