@@ -135,7 +135,7 @@ class LinearSigmoidFunction(torch.autograd.Function):
         if not (need_input or need_weight or need_bias):
             return None, None, None
         mask = [need_input, need_weight, need_bias]
-        if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+        if torch.is_grad_enabled() or _functorch_active():
             # create_graph / torch.func: the backward op's own Function, which has derivatives and tangents.
             grad_input, grad_weight, grad_bias = LinearSigmoidBackwardFunction.apply(
                 grad_output, input, weight, output, NonTensorArgs((ctx.bias_sizes, mask))
@@ -260,7 +260,7 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     differentiable (with respect to ``input``, and to ``target`` when it holds class probabilities).
 
     Backward (csrc/softmax_cross_entropy.cpp), per position i, from the saved m_i = max_logit and
-    log s_i = log_sum (lse_i = m_i + log s_i, softmax(x_i) = exp((x_i - m_i) - log s_i)):
+    log s_i = log_sum (lse_i = m_i + log s_i, softmax(x_i) = exp(x_i - m_i) / s_i):
         grad_input  = g_i (softmax(x_i) A_i - a_i)      grad_target = g_i (1 - eps) w (lse_i - x_i)
     with a_i the weighted, smoothed target distribution, A_i its sum and g_i = grad_loss / normalizer.
     Forward-mode (jvp), with tangents x' and (probability targets) p', y = softmax(x), <.,.> over classes:
@@ -271,8 +271,8 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, target, weight, reduction, ignore_index, label_smoothing):
-        return _ops.softmax_cross_entropy_forward.default(
-            input, target, weight, reduction, ignore_index, label_smoothing
+        return _call_kernel(
+            _ops.softmax_cross_entropy_forward.default, input, target, weight, reduction, ignore_index, label_smoothing
         )
 
     @staticmethod
@@ -283,7 +283,8 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # no zero gradient buffers for the non-differentiable outputs
         # References to the inputs and two values per position: nothing of the logits' size is created.
         ctx.save_for_backward(input, target, weight, max_logit, log_sum, normalizer)
-        ctx.save_for_forward(input, target, weight, max_logit, log_sum, normalizer)
+        if _forward_ad_possible():  # jvp runs during this call or never: save for it only when it may
+            ctx.save_for_forward(input, target, weight, max_logit, log_sum, normalizer)
         ctx.reduction = reduction
         ctx.ignore_index = ignore_index
         ctx.label_smoothing = label_smoothing
@@ -299,9 +300,16 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
         if not (need_input or need_target):
             return None, None, None, None, None, None
         options = (ctx.reduction, ctx.ignore_index, ctx.label_smoothing, [need_input, need_target])
-        grad_input, grad_target = SoftmaxCrossEntropyBackwardFunction.apply(
-            grad_loss, input, target, weight, max_logit, log_sum, normalizer, NonTensorArgs(options)
-        )
+        if torch.is_grad_enabled() or _functorch_active():
+            # create_graph / torch.func: the backward op's own Function, which has derivatives and tangents.
+            grad_input, grad_target = SoftmaxCrossEntropyBackwardFunction.apply(
+                grad_loss, input, target, weight, max_logit, log_sum, normalizer, NonTensorArgs(options)
+            )
+        else:
+            grad_input, grad_target = _call_kernel(
+                _ops.softmax_cross_entropy_backward.default,
+                grad_loss, input, target, weight, max_logit, log_sum, normalizer, *options,
+            )
         return (
             grad_input if need_input else None,
             grad_target if need_target else None,
@@ -399,15 +407,23 @@ class SoftmaxCrossEntropyBackwardFunction(torch.autograd.Function):
         return g.unsqueeze(class_dim) if ctx.reduction == "none" else g
 
     @staticmethod
-    def backward(ctx, grad_grad_input, grad_grad_target):
+    def _recompute(ctx):
+        """What backward and jvp both start from, rebuilt from the saved tensors: (input, normalizer,
+        class_dim, eps, probability, a, A, class weights, log y, y, g)."""
         grad_loss, input, target, weight, normalizer = ctx.saved_tensors
         class_dim = 0 if input.dim() == 1 else 1
         eps = ctx.label_smoothing
-        probability = _is_probability_target(input, target)
         a, A, class_weight = _softmax_cross_entropy_coefficients(input, target, weight, ctx.ignore_index, eps)
         log_y = torch.log_softmax(input, class_dim)
-        y = log_y.exp()
         g = SoftmaxCrossEntropyBackwardFunction._per_position_grad(ctx, grad_loss, normalizer, class_dim)
+        probability = _is_probability_target(input, target)
+        return input, normalizer, class_dim, eps, probability, a, A, class_weight, log_y, log_y.exp(), g
+
+    @staticmethod
+    def backward(ctx, grad_grad_input, grad_grad_target):
+        input, normalizer, class_dim, eps, probability, a, A, class_weight, log_y, y, g = (
+            SoftmaxCrossEntropyBackwardFunction._recompute(ctx)
+        )
         per_position = torch.zeros_like(input)
         grad_x = torch.zeros_like(input)
         grad_p = None
@@ -427,14 +443,9 @@ class SoftmaxCrossEntropyBackwardFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, grad_loss_tangent, input_tangent, target_tangent, *_):
-        grad_loss, input, target, weight, normalizer = ctx.saved_tensors
-        class_dim = 0 if input.dim() == 1 else 1
-        eps = ctx.label_smoothing
-        probability = _is_probability_target(input, target)
-        a, A, class_weight = _softmax_cross_entropy_coefficients(input, target, weight, ctx.ignore_index, eps)
-        log_y = torch.log_softmax(input, class_dim)
-        y = log_y.exp()
-        g = SoftmaxCrossEntropyBackwardFunction._per_position_grad(ctx, grad_loss, normalizer, class_dim)
+        input, normalizer, class_dim, eps, probability, a, A, class_weight, log_y, y, g = (
+            SoftmaxCrossEntropyBackwardFunction._recompute(ctx)
+        )
         input_part = torch.zeros_like(input)  # the tangent of (y A - a)
         target_part = torch.zeros_like(input)  # the tangent of (lse - x)
         if input_tangent is not None:
