@@ -8,7 +8,6 @@
 #include "eager_calls.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 
 namespace torch_manualbp {

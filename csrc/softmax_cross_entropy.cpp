@@ -72,12 +72,6 @@ cpu::CrossEntropyProblem make_problem(
   return problem;
 }
 
-// The weight in the accumulation type (float for bfloat16/float16), contiguous; undefined without one.
-at::Tensor weight_as_acc(const std::optional<at::Tensor>& weight, at::ScalarType acc_dtype) {
-  if (!weight.has_value() || !weight->defined()) return at::Tensor();
-  return weight->to(acc_dtype).contiguous();
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cpu(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     std::string_view reduction, int64_t ignore_index, double label_smoothing) {
@@ -86,13 +80,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy
   const at::ScalarType acc_dtype = softmax_stats_dtype(input.scalar_type());
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
-  const at::Tensor w = weight_as_acc(weight, acc_dtype);
+  const at::Tensor w = weight_for_kernels(weight, acc_dtype);
   const bool per_position = shape.reduction == LossReduction::kNone;
 
-  at::Tensor loss = at::empty(shape.loss_sizes, input.options());
-  at::Tensor max_logit = at::empty(shape.position_sizes, input.options().dtype(acc_dtype));
-  at::Tensor log_sum = at::empty(shape.position_sizes, input.options().dtype(acc_dtype));
-  at::Tensor normalizer = at::empty({}, input.options().dtype(acc_dtype));
+  at::Tensor loss, max_logit, log_sum, normalizer;
+  std::tie(loss, max_logit, log_sum, normalizer) = empty_forward_outputs(shape, input);
   at::Tensor block_sums = at::empty(
       {per_position ? 0 : 2 * cpu::loss_blocks(shape.outer, shape.classes, shape.inner)},
       input.options().dtype(acc_dtype));
@@ -124,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cpu(
 
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
-  const at::Tensor w = weight_as_acc(weight, max_logit.scalar_type());
+  const at::Tensor w = weight_for_kernels(weight, max_logit.scalar_type());
   const at::Tensor grad_loss_values = grad_loss.contiguous();
   const at::Tensor m = max_logit.contiguous();
   const at::Tensor log_s = log_sum.contiguous();

@@ -1,5 +1,7 @@
 #include "softmax_cross_entropy_args.h"
 
+#include <ATen/ATen.h>
+
 #include "checks.h"
 
 namespace torch_manualbp {
@@ -99,6 +101,19 @@ LossReduction parse_reduction(std::string_view reduction) {
 
 at::ScalarType softmax_stats_dtype(at::ScalarType input_dtype) {
   return (input_dtype == at::kHalf || input_dtype == at::kBFloat16) ? at::kFloat : input_dtype;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_forward_outputs(
+    const SoftmaxCrossEntropyShape& shape, const at::Tensor& input) {
+  const auto stats = input.options().dtype(softmax_stats_dtype(input.scalar_type()));
+  return {
+      at::empty(shape.loss_sizes, input.options()), at::empty(shape.position_sizes, stats),
+      at::empty(shape.position_sizes, stats), at::empty({}, stats)};
+}
+
+at::Tensor weight_for_kernels(const std::optional<at::Tensor>& weight, at::ScalarType dtype) {
+  if (!weight.has_value() || !weight->defined()) return at::Tensor();
+  return weight->to(dtype).contiguous();
 }
 
 SoftmaxCrossEntropyShape check_softmax_cross_entropy_forward(

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace torch_manualbp {
@@ -36,6 +37,14 @@ LossReduction parse_reduction(std::string_view reduction);
 
 // float32 for float16/bfloat16 input, else the input's dtype: the type of max_logit, log_sum and normalizer.
 at::ScalarType softmax_stats_dtype(at::ScalarType input_dtype);
+
+// The forward op's outputs, allocated on the input's device, not filled: loss (the input's dtype,
+// loss_sizes), max_logit and log_sum (softmax_stats_dtype, position_sizes), normalizer (0-dim).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_forward_outputs(
+    const SoftmaxCrossEntropyShape& shape, const at::Tensor& input);
+
+// The class weight in `dtype` (the stats dtype), contiguous, as the kernels read it; undefined without one.
+at::Tensor weight_for_kernels(const std::optional<at::Tensor>& weight, at::ScalarType dtype);
 
 // Checks input, target, weight, reduction, ignore_index and label_smoothing; returns the shapes.
 SoftmaxCrossEntropyShape check_softmax_cross_entropy_forward(

@@ -498,11 +498,6 @@ at::Tensor target_for_kernels(const at::Tensor& target, TargetKind kind) {
   return (kind == TargetKind::kClassIndex ? target.to(at::kLong) : target).contiguous();
 }
 
-at::Tensor weight_for_kernels(const std::optional<at::Tensor>& weight, at::ScalarType acc_dtype) {
-  if (!weight.has_value() || !weight->defined()) return at::Tensor();
-  return weight->to(acc_dtype).contiguous();
-}
-
 // ---- ops ------------------------------------------------------------------------------------------------
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cuda(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
@@ -517,10 +512,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy
   const at::Tensor t = target_for_kernels(target, shape.target_kind);
   const at::Tensor w = weight_for_kernels(weight, acc_dtype);
 
-  at::Tensor loss = at::empty(shape.loss_sizes, input.options());
-  at::Tensor max_logit = at::empty(shape.position_sizes, input.options().dtype(acc_dtype));
-  at::Tensor log_sum = at::empty(shape.position_sizes, input.options().dtype(acc_dtype));
-  at::Tensor normalizer = at::empty({}, input.options().dtype(acc_dtype));
+  at::Tensor loss, max_logit, log_sum, normalizer;
+  std::tie(loss, max_logit, log_sum, normalizer) = empty_forward_outputs(shape, input);
   const LaunchPlan plan = plan_launch(shape);
   at::Tensor block_sums = at::empty({per_position ? 0 : 2, plan.blocks}, input.options().dtype(acc_dtype));
 
