@@ -36,6 +36,23 @@ TORCH_LIBRARY(torch_manualbp, m) {
       "softmax_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
       "Tensor max_logit, Tensor log_sum, Tensor normalizer, str reduction, SymInt ignore_index, float label_smoothing, "
       "bool[2] output_mask) -> (Tensor, Tensor)");
+
+  // (loss, grad_input, grad_linear_weight, grad_linear_bias) of F.cross_entropy(F.linear(input, linear_weight,
+  // linear_bias), target, ...) plus the z-loss lse_square_scale * lse^2 and the softcap s * tanh(z / s), computed
+  // chunk by chunk (chunk_budget bytes of logits at a time) without materialising the logits. grad_mask (scalar
+  // reductions only): the gradients for an upstream gradient of 1, computed while each chunk is in cache
+  // (grad_linear_weight and grad_linear_bias in float32 for float16/bfloat16 input); the rest are empty.
+  m.def(
+      "linear_cross_entropy_forward(Tensor input, Tensor linear_weight, Tensor? linear_bias, Tensor target, "
+      "Tensor? weight, str reduction, SymInt ignore_index, float label_smoothing, float lse_square_scale, "
+      "float? softcap, bool[3] grad_mask, int chunk_budget) -> (Tensor, Tensor, Tensor, Tensor)");
+  // (grad_input, grad_linear_weight, grad_linear_bias, grad_target) for the upstream gradient grad_loss, the
+  // logits recomputed chunk by chunk; grad_target only for probability targets; what output_mask leaves out
+  // is an empty tensor.
+  m.def(
+      "linear_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor linear_weight, Tensor? linear_bias, "
+      "Tensor target, Tensor? weight, str reduction, SymInt ignore_index, float label_smoothing, "
+      "float lse_square_scale, float? softcap, bool[4] output_mask, int chunk_budget) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

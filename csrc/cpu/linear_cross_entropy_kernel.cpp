@@ -1,0 +1,423 @@
+// LinearCrossEntropy CPU row kernel, compiled once per SIMD level (see cpu/dispatch.h). The GEMMs around it
+// are ATen's (csrc/linear_cross_entropy.cpp, where the derivation is written out); in its letters, one row r
+// of a chunk holds the logits z_c = (x W^T)_c of one token, and this kernel forms, per row:
+//
+//   z'_c = s tanh((z_c + b_c) / s)          (softcap s; without it z'_c = z_c + b_c)
+//   m = max_c z'_c,  e_c = exp(z'_c - m),  S = sum_c e_c,  log-sum-exp lse = m + log S,  softmax y_c = e_c / S
+//   cross-entropy  ce = sum_c a_c (lse - z'_c) = A log S - sum_c a_c (z'_c - m),  A = sum_c a_c
+//     index target t:     a_c = w_c (eps / C) + (1 - eps) w_t [c == t]
+//                         ce = (1 - eps) w_t ((m - z'_t) + log S) + (eps / C) (W log S - sum_c w_c (z'_c - m))
+//     probability p:      a_c = w_c ((1 - eps) p_c + eps / C)
+//   z-loss         lambda lse^2
+//   gradient       g_c = (k_ce (y_c A - a_c) + k_z 2 lambda lse y_c) * (1 - (z'_c / s)^2)   (last factor: softcap)
+//   target grad    k_ce (1 - eps) w_c (lse - z'_c)                                         (probability targets)
+//
+// The row is L2-resident once the GEMM has written it (a row of 32k-128k classes is 128-512 KiB of float),
+// so it is swept three times at the cost of one pass from memory: (1) bias, softcap and the max,
+// (2) the exponentials, their sum and the linear terms, keeping e_c in place of z'_c where nothing later
+// needs z'_c, (3) the gradient, written over the row. One exponential per logit on the common path (two
+// with softcap or a target gradient, which need z' in the last sweep). Rows never depend on each other or
+// on the thread that runs them: the results are the same for any thread count.
+#include "cpu/linear_cross_entropy_kernel.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <array>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/fast_exp.h"
+#include "cpu/vec_helpers.h"
+
+namespace torch_manualbp::cpu::CPU_CAPABILITY {
+namespace {
+
+template <typename acc_t>
+constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+template <typename acc_t>
+constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
+
+// Elements of a probability row converted to acc_t at a time (reduced-precision targets).
+constexpr int64_t kTargetBlock = 1024;
+
+template <typename acc_t>
+inline acc_t lanes_sum(const Vectorized<acc_t>& v) {
+  std::array<acc_t, Vectorized<acc_t>::size()> lanes;
+  v.store(lanes.data());
+  acc_t total = 0;
+  for (acc_t lane : lanes) total += lane;
+  return total;
+}
+
+// The lanes' maximum; NaN if any lane is NaN.
+template <typename acc_t>
+inline acc_t lanes_max(const Vectorized<acc_t>& v) {
+  std::array<acc_t, Vectorized<acc_t>::size()> lanes;
+  v.store(lanes.data());
+  acc_t m = -kInf<acc_t>;
+  for (acc_t lane : lanes) {
+    if (std::isnan(lane)) return lane;
+    m = std::max(m, lane);
+  }
+  return m;
+}
+
+template <typename Vec>
+inline Vec load(const typename Vec::value_type* p, int64_t count) {
+  return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
+}
+
+template <typename Vec>
+inline void store(const Vec& v, typename Vec::value_type* p, int64_t count) {
+  if (count == Vec::size()) {
+    v.store(p);
+  } else {
+    v.store(p, count);
+  }
+}
+
+// What one call knows about every row.
+template <typename acc_t>
+struct RowConstants {
+  int64_t classes;
+  const acc_t* weight;  // (classes,) or nullptr
+  acc_t keep;           // 1 - eps
+  acc_t smooth;         // eps / C
+  acc_t total_weight;   // W = sum_c w_c (C without weight)
+  acc_t lambda;         // z-loss scale
+  acc_t softcap;        // s, 0 without
+
+  explicit RowConstants(const LogitsChunk& chunk)
+      : classes(chunk.classes),
+        weight(static_cast<const acc_t*>(chunk.class_weight)),
+        keep(acc_t(1) - acc_t(chunk.label_smoothing)),
+        smooth(chunk.classes > 0 ? acc_t(chunk.label_smoothing) / acc_t(chunk.classes) : acc_t(0)),
+        lambda(acc_t(chunk.lse_square_scale)),
+        softcap(acc_t(chunk.softcap)) {
+    total_weight = weight == nullptr ? acc_t(classes) : acc_t(0);
+    for (int64_t c = 0; weight != nullptr && c < classes; ++c) total_weight += weight[c];
+  }
+
+  acc_t class_weight(int64_t c) const { return weight != nullptr ? weight[c] : acc_t(1); }
+};
+
+// Sweep 1: work_c = z'_c (bias added, softcap applied) written where `store` says, and the row's max.
+// `z` is the row in acc_t (the logits row itself, or the converted copy in `work`).
+template <typename acc_t, bool kBias, bool kSoftcap>
+acc_t transform_and_max(const acc_t* z, const acc_t* bias, acc_t* work, int64_t n, acc_t softcap) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const Vec inv_s(kSoftcap ? acc_t(1) / softcap : acc_t(0)), s(softcap);
+  Vec max0(-kInf<acc_t>), max1(-kInf<acc_t>);
+  auto step = [&](int64_t c, int64_t count) {
+    Vec v = load<Vec>(z + c, count);
+    if constexpr (kBias) v = v + load<Vec>(bias + c, count);
+    if constexpr (kSoftcap) v = s * (v * inv_s).tanh();
+    if constexpr (kBias || kSoftcap) store(v, work + c, count);
+    if (count < V) v = Vec::set(Vec(-kInf<acc_t>), v, count);
+    return v;
+  };
+  int64_t c = 0;
+  for (; c + 2 * V <= n; c += 2 * V) {
+    max0 = at::vec::maximum(max0, step(c, V));
+    max1 = at::vec::maximum(max1, step(c + V, V));
+  }
+  for (; c < n; c += V) max0 = at::vec::maximum(max0, step(c, std::min<int64_t>(V, n - c)));
+  return lanes_max(at::vec::maximum(max0, max1));
+}
+
+// The probability row's acc_t values for classes [c0, c0 + n): in place for acc_t rows, else converted.
+template <typename T, typename acc_t>
+inline const acc_t* probability_block(const T* p_row, int64_t c0, int64_t n, acc_t* buffer) {
+  if constexpr (std::is_same_v<T, acc_t>) {
+    return p_row + c0;
+  } else {
+    at::vec::convert(p_row + c0, buffer, n);
+    return buffer;
+  }
+}
+
+// Sweep 2's results: S and, for the smoothing / probability terms, lin = sum_c a_c (z'_c - m) and A.
+template <typename acc_t>
+struct ExpSums {
+  acc_t sum;
+  acc_t linear;
+  acc_t coef;
+};
+
+// What multiplies (z'_c - m) in the loss besides the log-sum-exp term (see the header of this file):
+//   kNone         index target, no smoothing
+//   kClassWeight  index target with smoothing: a_c = w_c (the eps / C factor is applied by the caller)
+//   kProbability  a_c = w_c ((1 - eps) p_c + eps / C)
+enum class Linear { kNone, kClassWeight, kProbability };
+
+// Sweep 2: e_c = exp(z'_c - m) summed (and stored over work when kStoreExp), with the linear terms.
+template <typename T, typename acc_t, Linear kLinear, bool kStoreExp>
+ExpSums<acc_t> exponentials(
+    const RowConstants<acc_t>& k, acc_t* work, const T* p_row, acc_t m, acc_t* p_buffer) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const int64_t n = k.classes;
+  const Vec m_v(m), keep(k.keep), smooth(k.smooth);
+  Vec sum0(acc_t(0)), sum1(acc_t(0)), lin(acc_t(0)), coef(acc_t(0));
+  for (int64_t b0 = 0; b0 < n; b0 += kTargetBlock) {
+    const int64_t bn = std::min(kTargetBlock, n - b0);
+    const acc_t* p = nullptr;
+    if constexpr (kLinear == Linear::kProbability) p = probability_block(p_row, b0, bn, p_buffer);
+    int64_t c = 0;
+    for (; c + 2 * V <= bn; c += 2 * V) {
+      acc_t* w0 = work + b0 + c;
+      const Vec d0 = Vec::loadu(w0) - m_v, d1 = Vec::loadu(w0 + V) - m_v;
+      const Vec e0 = exp_fast(d0), e1 = exp_fast(d1);
+      sum0 = sum0 + e0;
+      sum1 = sum1 + e1;
+      if constexpr (kLinear == Linear::kClassWeight) {
+        if (k.weight != nullptr) {
+          lin = at::vec::fmadd(Vec::loadu(k.weight + b0 + c), d0, lin);
+          lin = at::vec::fmadd(Vec::loadu(k.weight + b0 + c + V), d1, lin);
+        } else {
+          lin = lin + d0 + d1;
+        }
+      } else if constexpr (kLinear == Linear::kProbability) {
+        Vec a0 = at::vec::fmadd(keep, Vec::loadu(p + c), smooth);
+        Vec a1 = at::vec::fmadd(keep, Vec::loadu(p + c + V), smooth);
+        if (k.weight != nullptr) {
+          a0 = a0 * Vec::loadu(k.weight + b0 + c);
+          a1 = a1 * Vec::loadu(k.weight + b0 + c + V);
+        }
+        lin = at::vec::fmadd(a0, d0, at::vec::fmadd(a1, d1, lin));
+        coef = coef + a0 + a1;
+      }
+      if constexpr (kStoreExp) {
+        e0.store(w0);
+        e1.store(w0 + V);
+      }
+    }
+    for (; c < bn; c += V) {
+      const int64_t count = std::min<int64_t>(V, bn - c);
+      acc_t* w0 = work + b0 + c;
+      // Past count: d = 0 - m... masked below; exp of the zero-filled lanes is not added.
+      const Vec d = Vec::set(Vec(acc_t(0)), load<Vec>(w0, count) - m_v, count);
+      const Vec e = Vec::set(Vec(acc_t(0)), exp_fast(d), count);
+      sum0 = sum0 + e;
+      if constexpr (kLinear == Linear::kClassWeight) {
+        lin = k.weight != nullptr ? at::vec::fmadd(load<Vec>(k.weight + b0 + c, count), d, lin) : lin + d;
+      } else if constexpr (kLinear == Linear::kProbability) {
+        Vec a = Vec::set(Vec(acc_t(0)), at::vec::fmadd(keep, load<Vec>(p + c, count), smooth), count);
+        if (k.weight != nullptr) a = a * load<Vec>(k.weight + b0 + c, count);
+        lin = at::vec::fmadd(a, d, lin);
+        coef = coef + a;
+      }
+      if constexpr (kStoreExp) store(e, w0, count);
+    }
+  }
+  return {lanes_sum(sum0 + sum1), lanes_sum(lin), lanes_sum(coef)};
+}
+
+// Per-row scale factors of the gradient, from ChunkGradient.
+template <typename acc_t>
+inline acc_t row_scale(const void* scale, bool per_row, int64_t r) {
+  return static_cast<const acc_t*>(scale)[per_row ? r : 0];
+}
+
+// Sweep 3: the gradient over the row. e_c is in work (kStoredExp) or recomputed from z'_c = work_c.
+//   g_c = (e_c p_coef - a_coef_c) softcap'_c,   p_coef = (k_ce A + k_z 2 lambda lse) / S,
+//   a_coef_c = k_ce a_c (index: k_ce w_c eps / C, and target_term = k_ce (1 - eps) w_t softcap'_t at c = t)
+// and for probability targets with grad_target: gt_c = k_ce (1 - eps) w_c (lse - z'_c).
+template <typename T, typename acc_t, Linear kLinear, bool kStoredExp, bool kSoftcap>
+void gradient(
+    const RowConstants<acc_t>& k, acc_t* work, T* out_row, const T* p_row, T* grad_target_row, int64_t t,
+    acc_t target_term, acc_t m, acc_t lse, acc_t p_coef, acc_t k_ce, acc_t* p_buffer, acc_t* convert_buffer) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const int64_t n = k.classes;
+  const Vec m_v(m), lse_v(lse), p_coef_v(p_coef), k_ce_v(k_ce), keep(k.keep), smooth(k.smooth);
+  const Vec smooth_ce(k_ce * k.smooth), target_scale(k_ce * k.keep), inv_s(kSoftcap ? acc_t(1) / k.softcap : acc_t(0));
+  for (int64_t b0 = 0; b0 < n; b0 += kTargetBlock) {
+    const int64_t bn = std::min(kTargetBlock, n - b0);
+    const acc_t* p = nullptr;
+    if constexpr (kLinear == Linear::kProbability) p = probability_block(p_row, b0, bn, p_buffer);
+    // Where the block's gradient goes in acc_t: the row itself (acc_t rows), else a buffer converted after.
+    acc_t* out = std::is_same_v<T, acc_t> ? work + b0 : convert_buffer;
+    acc_t* target_out = grad_target_row != nullptr ? convert_buffer + kTargetBlock : nullptr;
+    for (int64_t c = 0; c < bn; c += V) {
+      const int64_t count = std::min<int64_t>(V, bn - c);
+      const int64_t cc = b0 + c;
+      const Vec stored = load<Vec>(work + cc, count);
+      const Vec e = kStoredExp ? stored : exp_fast(stored - m_v);
+      Vec a;  // k_ce a_c, the part that does not multiply the softmax
+      if constexpr (kLinear == Linear::kProbability) {
+        a = at::vec::fmadd(keep, load<Vec>(p + c, count), smooth);
+        if (k.weight != nullptr) a = a * load<Vec>(k.weight + cc, count);
+        a = a * k_ce_v;
+      } else {
+        a = k.weight != nullptr ? smooth_ce * load<Vec>(k.weight + cc, count) : smooth_ce;
+      }
+      Vec grad = at::vec::fmsub(e, p_coef_v, a);
+      if constexpr (kSoftcap) {
+        const Vec ratio = stored * inv_s;  // z' / s
+        grad = grad * (Vec(acc_t(1)) - ratio * ratio);
+      }
+      store(grad, out + c, count);
+      if (target_out != nullptr) {
+        const Vec w = k.weight != nullptr ? load<Vec>(k.weight + cc, count) : Vec(acc_t(1));
+        store(target_scale * w * (lse_v - stored), target_out + c, count);
+      }
+    }
+    if (t >= b0 && t < b0 + bn) out[t - b0] -= target_term;
+    if constexpr (!std::is_same_v<T, acc_t>) at::vec::convert(out, out_row + b0, bn);
+    if (grad_target_row != nullptr) {
+      if constexpr (std::is_same_v<T, acc_t>) {
+        std::copy(target_out, target_out + bn, grad_target_row + b0);
+      } else {
+        at::vec::convert(target_out, grad_target_row + b0, bn);
+      }
+    }
+  }
+}
+
+template <typename T, typename acc_t>
+inline void fill_row(T* row, int64_t n, acc_t value) {
+  std::fill(row, row + n, static_cast<T>(value));
+}
+
+// One row from start to end. `bias`: (classes,) in acc_t or nullptr. `scratch`: classes acc_t
+// (reduced-precision rows only); p_buffer: kTargetBlock acc_t; convert_buffer: 2 * kTargetBlock acc_t.
+template <typename T, Linear kLinear, typename acc_t = at::opmath_type<T>>
+void process_row(
+    const LogitsChunk& chunk, const RowConstants<acc_t>& k, const acc_t* bias, const ChunkLosses& losses,
+    const ChunkGradient& gradient_args, int64_t r, acc_t* scratch, acc_t* p_buffer, acc_t* convert_buffer) {
+  const int64_t C = k.classes;
+  T* row = static_cast<T*>(chunk.logits) + r * chunk.row_stride;
+  const T* p_row = kLinear == Linear::kProbability ? static_cast<const T*>(chunk.target_probability) + r * C : nullptr;
+  T* grad_target_row =
+      gradient_args.grad_target != nullptr ? static_cast<T*>(gradient_args.grad_target) + r * C : nullptr;
+  const bool softcap = k.softcap > 0;
+
+  // Sweep 1. `work` is the row in acc_t: the logits row itself for float/double, `scratch` otherwise.
+  acc_t* work;
+  if constexpr (std::is_same_v<T, acc_t>) {
+    work = row;
+  } else {
+    at::vec::convert(row, scratch, C);
+    work = scratch;
+  }
+  acc_t m;
+  if (bias != nullptr && softcap) {
+    m = transform_and_max<acc_t, true, true>(work, bias, work, C, k.softcap);
+  } else if (bias != nullptr) {
+    m = transform_and_max<acc_t, true, false>(work, bias, work, C, k.softcap);
+  } else if (softcap) {
+    m = transform_and_max<acc_t, false, true>(work, nullptr, work, C, k.softcap);
+  } else {
+    m = transform_and_max<acc_t, false, false>(work, nullptr, work, C, k.softcap);
+  }
+
+  acc_t* ce_out = static_cast<acc_t*>(losses.cross_entropy);
+  acc_t* z_out = static_cast<acc_t*>(losses.z_loss);
+  const int64_t t = kLinear == Linear::kProbability ? -1 : chunk.target_index[r];
+  if (!std::isfinite(m)) {  // NaN, +inf, or only -inf: torch's softmax and loss are NaN
+    if (ce_out != nullptr) ce_out[r] = kNaN<acc_t>;
+    if (z_out != nullptr) z_out[r] = kNaN<acc_t>;
+    if (gradient_args.wanted) fill_row(row, C, kNaN<acc_t>);
+    if (grad_target_row != nullptr) fill_row(grad_target_row, C, kNaN<acc_t>);
+    return;
+  }
+  const acc_t z_target = t >= 0 ? work[t] : acc_t(0);
+
+  // Sweep 2. e_c replaces z'_c unless the gradient sweep needs z'_c (softcap, target gradient).
+  const bool store_exp = gradient_args.wanted && !softcap && grad_target_row == nullptr;
+  const ExpSums<acc_t> sums = store_exp
+      ? exponentials<T, acc_t, kLinear, true>(k, work, p_row, m, p_buffer)
+      : exponentials<T, acc_t, kLinear, false>(k, work, p_row, m, p_buffer);
+  const acc_t log_s = std::log(sums.sum);
+  const acc_t lse = m + log_s;
+
+  acc_t ce, coef_sum;
+  if constexpr (kLinear == Linear::kProbability) {
+    coef_sum = sums.coef;
+    ce = coef_sum * log_s - sums.linear;
+  } else {
+    const acc_t w_t = k.class_weight(t);
+    const acc_t nll = (m - z_target) + log_s;
+    coef_sum = k.keep * w_t + k.smooth * k.total_weight;
+    ce = kLinear == Linear::kNone ? w_t * nll : k.keep * w_t * nll + k.smooth * (k.total_weight * log_s - sums.linear);
+  }
+  if (ce_out != nullptr) ce_out[r] = ce;
+  if (z_out != nullptr) z_out[r] = k.lambda * lse * lse;
+  if (!gradient_args.wanted) return;
+
+  // Sweep 3.
+  const acc_t k_ce = row_scale<acc_t>(gradient_args.ce_scale, gradient_args.per_row, r);
+  const acc_t k_z = row_scale<acc_t>(gradient_args.z_scale, gradient_args.per_row, r);
+  const acc_t p_coef = (k_ce * coef_sum + k_z * acc_t(2) * k.lambda * lse) / sums.sum;
+  acc_t target_term = 0;
+  if (t >= 0) {
+    target_term = k_ce * k.keep * k.class_weight(t);
+    if (softcap) {
+      const acc_t ratio = z_target / k.softcap;
+      target_term *= acc_t(1) - ratio * ratio;
+    }
+  }
+  auto run = [&](auto stored_exp, auto softcapped) {
+    gradient<T, acc_t, kLinear, decltype(stored_exp)::value, decltype(softcapped)::value>(
+        k, work, row, p_row, grad_target_row, t, target_term, m, lse, p_coef, k_ce, p_buffer, convert_buffer);
+  };
+  if (store_exp) {
+    run(std::true_type(), std::false_type());
+  } else if (softcap) {
+    run(std::false_type(), std::true_type());
+  } else {
+    run(std::false_type(), std::false_type());
+  }
+}
+
+template <typename T>
+void rows_typed(const LogitsChunk& chunk, const ChunkLosses& losses, const ChunkGradient& gradient_args) {
+  using acc_t = at::opmath_type<T>;
+  const RowConstants<acc_t> k(chunk);
+  // The bias in acc_t, once per chunk.
+  std::vector<acc_t> bias_buffer;
+  const acc_t* bias = nullptr;
+  if (chunk.bias != nullptr) {
+    if constexpr (std::is_same_v<T, acc_t>) {
+      bias = static_cast<const acc_t*>(chunk.bias);
+    } else {
+      bias_buffer.resize(chunk.classes);
+      at::vec::convert(static_cast<const T*>(chunk.bias), bias_buffer.data(), chunk.classes);
+      bias = bias_buffer.data();
+    }
+  }
+  auto run = [&](auto linear) {
+    constexpr Linear kLinear = decltype(linear)::value;
+    at::parallel_for(0, chunk.rows, row_grain(chunk.classes), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> scratch(is_reduced_v<T> ? chunk.classes : 0);
+      std::vector<acc_t> p_buffer(kTargetBlock), convert_buffer(2 * kTargetBlock);
+      for (int64_t r = begin; r < end; ++r) {
+        process_row<T, kLinear>(
+            chunk, k, bias, losses, gradient_args, r, scratch.data(), p_buffer.data(), convert_buffer.data());
+      }
+    });
+  };
+  if (chunk.target_probability != nullptr) {
+    run(std::integral_constant<Linear, Linear::kProbability>());
+  } else if (chunk.label_smoothing > 0) {
+    run(std::integral_constant<Linear, Linear::kClassWeight>());
+  } else {
+    run(std::integral_constant<Linear, Linear::kNone>());
+  }
+}
+
+void rows(const LogitsChunk& chunk, const ChunkLosses& losses, const ChunkGradient& gradient_args) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, chunk.dtype, "linear_cross_entropy_rows", [&] {
+    rows_typed<scalar_t>(chunk, losses, gradient_args);
+  });
+}
+
+}  // namespace
+
+extern const LinearCrossEntropyKernels linear_cross_entropy_kernels = {&rows};
+
+}  // namespace torch_manualbp::cpu::CPU_CAPABILITY
