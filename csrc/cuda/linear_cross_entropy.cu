@@ -1,0 +1,251 @@
+// LinearCrossEntropy on CUDA: the device-generic chunk driver of csrc/linear_cross_entropy.cpp (where the
+// derivation is written out), with cuBLAS doing the GEMMs through ATen, and this row kernel for each chunk of
+// logits. One block per row, three sweeps over the row (a row of 32k-256k classes stays in the GPU's L2):
+//   (1) m = max_c z'_c          z'_c = s tanh((z_c + b_c) / s)   (softcap s; z + b without it)
+//   (2) S = sum_c exp(z'_c - m), and lin = sum_c a_c (z'_c - m), A = sum_c a_c for smoothing / probabilities
+//   (3) g_c = (k_ce (y_c A - a_c) + k_z 2 lambda lse y_c) (1 - (z'_c / s)^2), written over the row
+// z'_c is recomputed in every sweep rather than stored, so that a bfloat16 row is rounded only once, at the
+// gradient. Tokens whose target is ignore_index stay in the chunk (counting them would synchronise with the
+// host): their loss and gradient row are zero. Block reductions add in a fixed order: the same bits on every
+// run. All arithmetic in acc_t (float for float32, bfloat16, float16; double for float64). No host sync.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "cuda/device_helpers.cuh"
+#include "linear_cross_entropy_driver.h"
+
+namespace torch_manualbp {
+namespace {
+
+using cuda::block_max;
+using cuda::block_sum;
+using cuda::exp_of;
+using cuda::log_of;
+
+constexpr int kRowThreads = 512;
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t tanh_of(acc_t x);
+template <>
+__device__ __forceinline__ float tanh_of(float x) { return ::tanhf(x); }
+template <>
+__device__ __forceinline__ double tanh_of(double x) { return ::tanh(x); }
+
+template <typename scalar_t>
+struct RowArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  scalar_t* logits;  // (rows, classes), row stride row_stride
+  int64_t rows;
+  int64_t classes;
+  int64_t row_stride;
+  const scalar_t* bias;                // (classes,) or nullptr
+  const int64_t* target_index;         // (rows,) or nullptr
+  int64_t ignore_index;
+  const scalar_t* target_probability;  // (rows, classes) contiguous, or nullptr
+  const acc_t* class_weight;           // (classes,) or nullptr
+  const acc_t* total_weight;           // one value: sum of the class weights (C without them)
+  acc_t keep;                          // 1 - eps
+  acc_t smooth;                        // eps / C
+  bool smoothing;
+  acc_t lambda;                        // z-loss scale
+  acc_t softcap;                       // 0: none
+  acc_t* cross_entropy;                // (rows,) or nullptr
+  acc_t* z_loss;                       // (rows,) or nullptr
+  bool want_gradient;
+  const acc_t* ce_scale;               // k_ce: one value, or (rows,) when per_row
+  const acc_t* z_scale;                // k_z, likewise
+  bool per_row;
+  scalar_t* grad_target;               // (rows, classes) contiguous, or nullptr
+
+  __device__ acc_t weight(int64_t c) const { return class_weight != nullptr ? class_weight[c] : acc_t(1); }
+
+  // z'_c of row `row`.
+  __device__ acc_t transformed(const scalar_t* row, int64_t c) const {
+    acc_t z = static_cast<acc_t>(row[c]);
+    if (bias != nullptr) z += static_cast<acc_t>(bias[c]);
+    return softcap > 0 ? softcap * tanh_of(z / softcap) : z;
+  }
+
+  // a_c: the class weight (index targets with smoothing; eps / C applied by the caller) or w_c q_c.
+  __device__ acc_t coefficient(const scalar_t* p_row, int64_t c) const {
+    if (p_row == nullptr) return weight(c);
+    return weight(c) * (keep * static_cast<acc_t>(p_row[c]) + smooth);
+  }
+};
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kRowThreads) rows_kernel(RowArgs<scalar_t> a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t scratch[cuda::kWarpSize];
+  const int64_t r = blockIdx.x;
+  const int64_t C = a.classes;
+  scalar_t* row = a.logits + r * a.row_stride;
+  const scalar_t* p_row = a.target_probability != nullptr ? a.target_probability + r * C : nullptr;
+  scalar_t* target_row = a.grad_target != nullptr ? a.grad_target + r * C : nullptr;
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+
+  int64_t t = -1;
+  if (a.target_index != nullptr) {
+    t = a.target_index[r];
+    if (t == a.ignore_index) {
+      if (threadIdx.x == 0) {
+        if (a.cross_entropy != nullptr) a.cross_entropy[r] = acc_t(0);
+        if (a.z_loss != nullptr) a.z_loss[r] = acc_t(0);
+      }
+      if (a.want_gradient) {
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) row[c] = scalar_t(0);
+      }
+      return;
+    }
+    CUDA_KERNEL_ASSERT_PRINTF(
+        t >= 0 && t < C, "linear_cross_entropy: Target %lld is out of bounds (classes: %lld).",
+        static_cast<long long>(t), static_cast<long long>(C));
+  }
+
+  // Sweep 1: the max.
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) m = cuda::nan_max(m, a.transformed(row, c));
+  m = block_max(m, scratch);
+  if (!(m > -std::numeric_limits<acc_t>::infinity() && m < std::numeric_limits<acc_t>::infinity())) {
+    // NaN, +inf, or only -inf: torch's softmax and loss are NaN.
+    if (threadIdx.x == 0) {
+      if (a.cross_entropy != nullptr) a.cross_entropy[r] = nan;
+      if (a.z_loss != nullptr) a.z_loss[r] = nan;
+    }
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+      if (a.want_gradient) row[c] = static_cast<scalar_t>(nan);
+      if (target_row != nullptr) target_row[c] = static_cast<scalar_t>(nan);
+    }
+    return;
+  }
+
+  // Sweep 2: S, and the linear terms.
+  const bool linear = p_row != nullptr || a.smoothing;
+  acc_t sum = 0, lin = 0, coef = 0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const acc_t d = a.transformed(row, c) - m;
+    sum += exp_of(d);
+    if (linear) {
+      const acc_t k = a.coefficient(p_row, c);
+      lin += k * d;
+      coef += k;
+    }
+  }
+  sum = block_sum(sum, scratch);
+  if (linear) {
+    lin = block_sum(lin, scratch);
+    coef = block_sum(coef, scratch);
+  }
+  const acc_t log_s = log_of(sum);
+  const acc_t lse = m + log_s;
+  acc_t ce, coef_sum, z_target = 0;
+  if (p_row != nullptr) {
+    coef_sum = coef;
+    ce = coef_sum * log_s - lin;
+  } else {
+    z_target = a.transformed(row, t);
+    const acc_t w_t = a.weight(t);
+    const acc_t nll = (m - z_target) + log_s;
+    coef_sum = a.keep * w_t + a.smooth * *a.total_weight;
+    ce = a.smoothing ? a.keep * w_t * nll + a.smooth * (*a.total_weight * log_s - lin) : w_t * nll;
+  }
+  if (threadIdx.x == 0) {
+    if (a.cross_entropy != nullptr) a.cross_entropy[r] = ce;
+    if (a.z_loss != nullptr) a.z_loss[r] = a.lambda * lse * lse;
+  }
+  if (!a.want_gradient) return;
+
+  // Sweep 3: the gradient, in place (each element is read and written by the same thread).
+  const acc_t k_ce = a.ce_scale[a.per_row ? r : 0];
+  const acc_t k_z = a.z_scale[a.per_row ? r : 0];
+  const acc_t p_coef = (k_ce * coef_sum + k_z * acc_t(2) * a.lambda * lse) / sum;
+  const acc_t inv_cap = a.softcap > 0 ? acc_t(1) / a.softcap : acc_t(0);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const acc_t z = a.transformed(row, c);
+    acc_t k = p_row != nullptr ? a.coefficient(p_row, c) : a.smooth * a.weight(c);
+    if (c == t) k += a.keep * a.weight(t);
+    acc_t g = exp_of(z - m) * p_coef - k_ce * k;
+    if (a.softcap > 0) g *= acc_t(1) - (z * inv_cap) * (z * inv_cap);
+    if (target_row != nullptr) target_row[c] = static_cast<scalar_t>(k_ce * a.keep * a.weight(c) * (lse - z));
+    row[c] = static_cast<scalar_t>(g);
+  }
+}
+
+void cuda_rows(const LogitsChunkTensors& chunk) {
+  const int64_t rows = chunk.logits.size(0);
+  if (rows == 0) return;
+  const LinearCrossEntropyOptions& options = *chunk.options;
+  const at::cuda::CUDAGuard guard(chunk.logits.device());
+  const at::ScalarType acc_dtype = at::toOpMathType(chunk.logits.scalar_type());
+  const int64_t classes = chunk.logits.size(1);
+  const at::Tensor total_weight = chunk.class_weight.defined()
+      ? chunk.class_weight.sum()
+      : at::full({}, static_cast<double>(classes), chunk.logits.options().dtype(acc_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, chunk.logits.scalar_type(), "linear_cross_entropy_rows", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    RowArgs<scalar_t> a;
+    a.logits = chunk.logits.data_ptr<scalar_t>();
+    a.rows = rows;
+    a.classes = classes;
+    a.row_stride = chunk.logits.stride(0);
+    a.bias = chunk.bias.defined() ? chunk.bias.const_data_ptr<scalar_t>() : nullptr;
+    a.target_index = chunk.target_index.defined() ? chunk.target_index.const_data_ptr<int64_t>() : nullptr;
+    a.ignore_index = options.ignore_index;
+    a.target_probability =
+        chunk.target_probability.defined() ? chunk.target_probability.const_data_ptr<scalar_t>() : nullptr;
+    a.class_weight = chunk.class_weight.defined() ? chunk.class_weight.const_data_ptr<acc_t>() : nullptr;
+    a.total_weight = total_weight.const_data_ptr<acc_t>();
+    a.keep = acc_t(1) - acc_t(options.label_smoothing);
+    a.smooth = classes > 0 ? acc_t(options.label_smoothing) / acc_t(classes) : acc_t(0);
+    a.smoothing = options.label_smoothing > 0;
+    a.lambda = acc_t(options.lse_square_scale);
+    a.softcap = acc_t(options.softcap);
+    a.cross_entropy = chunk.cross_entropy.defined() ? chunk.cross_entropy.data_ptr<acc_t>() : nullptr;
+    a.z_loss = chunk.z_loss.defined() ? chunk.z_loss.data_ptr<acc_t>() : nullptr;
+    a.want_gradient = chunk.want_gradient;
+    a.ce_scale = chunk.ce_scale.const_data_ptr<acc_t>();
+    a.z_scale = chunk.z_scale.const_data_ptr<acc_t>();
+    a.per_row = chunk.per_row;
+    a.grad_target = chunk.grad_target.defined() ? chunk.grad_target.data_ptr<scalar_t>() : nullptr;
+    rows_kernel<scalar_t><<<rows, kRowThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
+    const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& linear_bias,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, std::string_view reduction,
+    int64_t ignore_index, double label_smoothing, double lse_square_scale, std::optional<double> softcap,
+    std::array<bool, 3> grad_mask, int64_t chunk_budget) {
+  const at::cuda::CUDAGuard guard(input.device());
+  return linear_cross_entropy_forward_impl(
+      input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale,
+      softcap, grad_mask, chunk_budget, &cuda_rows);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
+    const std::optional<at::Tensor>& linear_bias, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    std::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    std::optional<double> softcap, std::array<bool, 4> output_mask, int64_t chunk_budget) {
+  const at::cuda::CUDAGuard guard(input.device());
+  return linear_cross_entropy_backward_impl(
+      grad_loss, input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
+      lse_square_scale, softcap, output_mask, chunk_budget, &cuda_rows);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torch_manualbp, CUDA, m) {
+  m.impl("linear_cross_entropy_forward", &forward_cuda);
+  m.impl("linear_cross_entropy_backward", &backward_cuda);
+}
+
+}  // namespace torch_manualbp
