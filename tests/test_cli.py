@@ -14,9 +14,8 @@ import pytest
 import torch
 
 import torch_manualbp
-from torch_manualbp import _C, _check_cases
+from torch_manualbp import _C, LinearSigmoidFunction, SoftmaxCrossEntropyFunction, _check_cases
 from torch_manualbp.__main__ import main
-from torch_manualbp.functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
