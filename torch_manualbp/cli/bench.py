@@ -8,7 +8,7 @@ within a round (then the median over rounds): on a busy machine, compare ratios,
 
 Memory: the bytes kept for backward (the storages of the tensors autograd saves, counted once, those
 of the inputs and parameters left out), and the peak extra resident memory of forward + backward, from
-a fresh process per contender (see _bench_probes.py). A SIMD check times the LinearSigmoid passes
+a fresh process per contender (see bench_probes.py). A SIMD check times the LinearSigmoid passes
 around the GEMM at ATEN_CPU_CAPABILITY=default and at the detected level, each in its own process.
 
 Writes <name>.md and <name>.json under --out (default benchmarks/results); `--thp both` runs the whole
@@ -30,9 +30,9 @@ import torch
 from torch.utils.benchmark import Timer
 
 import torch_manualbp
-from torch_manualbp import _bench_cases as cases_lib
-from torch_manualbp import _bench_probes as probes
-from torch_manualbp._bench_cases import COMPILED, EAGER, FLOOR, FWD, FWD_BWD, OURS
+from torch_manualbp.cli import bench_cases as cases_lib
+from torch_manualbp.cli import bench_probes as probes
+from torch_manualbp.cli.bench_cases import COMPILED, EAGER, FLOOR, FWD, FWD_BWD, OURS
 
 THP_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 COMMAND_VARIABLE = "TORCH_MANUALBP_BENCH_COMMAND"  # the parent's command line, for the report of a child
@@ -337,8 +337,6 @@ def _command():
     argv = list(sys.argv)
     if argv and argv[0].endswith(os.path.join("torch_manualbp", "__main__.py")):
         argv[0:1] = ["-m", "torch_manualbp"]
-    elif argv and argv[0].endswith(os.path.join("torch_manualbp", "benchmarking.py")):
-        argv[0:1] = ["-m", "torch_manualbp.benchmarking"]
     return " ".join([os.path.basename(sys.executable)] + argv)
 
 
@@ -507,7 +505,7 @@ def _run_children(args, settings):
     # so that PYTHONPATH (the parent's package root) decides.
     code = (
         "import sys; sys.path = [p for p in sys.path if p]; "
-        "import argparse, json; from torch_manualbp.benchmarking import run; "
+        "import argparse, json; from torch_manualbp.cli.bench import run; "
         "sys.exit(run(argparse.Namespace(**json.loads(sys.argv[1]))))"
     )
     for setting in settings:
@@ -527,7 +525,3 @@ def _is_json(value):
         return True
     except TypeError:
         return False
-
-
-if __name__ == "__main__":
-    sys.exit(main())
