@@ -5,6 +5,7 @@ the failure paths run in-process, where the library's backward can be corrupted 
 show that demo and check catch a wrong gradient.
 """
 import ast
+import json
 import re
 import runpy
 import subprocess
@@ -86,6 +87,26 @@ def test_bench(tmp_path):
     result = run_cli("bench", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "bench" in result.stdout
+
+
+def test_bench_writes_files_only_under_out(tmp_path):
+    """Without --out, `bench` prints its report and creates nothing in the working directory; with
+    --out DIR it writes the report there as .md and .json."""
+    quick = ["bench", "--quick", "--layer", "linear_sigmoid", "--no-compile", "--no-memory", "--no-simd-check"]
+    result = run_cli(*quick, "--min-run-time", "0.05", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "## Performance goals (float32, 2 threads)" in result.stdout
+    assert "| fwd+bwd | torch_manualbp |" in result.stdout
+    assert "wrote" not in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+    out = tmp_path / "reports"
+    result = run_cli(*quick, "--min-run-time", "0.05", "--out", str(out), "--name", "smoke", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["reports"]
+    assert sorted(path.name for path in out.iterdir()) == ["smoke.json", "smoke.md"]
+    assert "## Performance goals (float32, 2 threads)" in (out / "smoke.md").read_text()
+    assert json.loads((out / "smoke.json").read_text())["results"][0]["layer"] == "linear_sigmoid"
 
 
 def test_importing_the_library_loads_no_tool(tmp_path):
