@@ -380,15 +380,20 @@ def _softmax_cross_entropy_backward_fake(
 # per sample.
 
 
-def _fold_into_positions(tensor, bdim, batch_size, input_has_batch_dim):
-    """(B, N, ...) -> (B*N, ...) when each sample's input is (N, C, ...); a sample's (C,) input makes
-    the B samples an (N = B, C) batch as they are."""
-    tensor = batch_first(tensor, bdim, batch_size)
-    return tensor.flatten(0, 1) if input_has_batch_dim else tensor
+def _position_folding(batch_size, input, input_bdim):
+    """(fold, unfold) of the vmapped dim into the positions: fold(tensor, bdim) makes (B, N, ...) of
+    (B*N, ...) when each sample's input is (N, C, ...) (a sample's (C,) input makes the B samples an
+    (N = B, C) batch as they are), unfold(tensor) undoes it on a result."""
+    input_has_batch_dim = input.dim() - (input_bdim is not None) >= 2
 
+    def fold(tensor, bdim):
+        tensor = batch_first(tensor, bdim, batch_size)
+        return tensor.flatten(0, 1) if input_has_batch_dim else tensor
 
-def _unfold_positions(tensor, batch_size, input_has_batch_dim):
-    return tensor.unflatten(0, (batch_size, -1)) if input_has_batch_dim else tensor
+    def unfold(tensor):
+        return tensor.unflatten(0, (batch_size, -1)) if input_has_batch_dim else tensor
+
+    return fold, unfold
 
 
 @torch.library.register_vmap("torch_manualbp::softmax_cross_entropy_forward")
@@ -399,22 +404,11 @@ def _softmax_cross_entropy_forward_vmap(info, in_dims, input, target, weight, re
     args = (input, target, weight, reduction, ignore_index, label_smoothing)
     if reduction != "none" or weight_bdim is not None:
         return per_sample(_ops.softmax_cross_entropy_forward.default, info, in_dims, args)
-    batch_size = info.batch_size
-    has_batch_dim = input.dim() - (input_bdim is not None) >= 2
+    fold, unfold = _position_folding(info.batch_size, input, input_bdim)
     loss, max_logit, log_sum, normalizer = _ops.softmax_cross_entropy_forward.default(
-        _fold_into_positions(input, input_bdim, batch_size, has_batch_dim),
-        _fold_into_positions(target, target_bdim, batch_size, has_batch_dim),
-        weight,
-        reduction,
-        ignore_index,
-        label_smoothing,
+        fold(input, input_bdim), fold(target, target_bdim), weight, reduction, ignore_index, label_smoothing
     )
-    return (
-        _unfold_positions(loss, batch_size, has_batch_dim),
-        _unfold_positions(max_logit, batch_size, has_batch_dim),
-        _unfold_positions(log_sum, batch_size, has_batch_dim),
-        normalizer,
-    ), (0, 0, 0, None)
+    return (unfold(loss), unfold(max_logit), unfold(log_sum), normalizer), (0, 0, 0, None)
 
 
 @torch.library.register_vmap("torch_manualbp::softmax_cross_entropy_backward")
@@ -429,28 +423,17 @@ def _softmax_cross_entropy_backward_vmap(
     )
     if reduction != "none" or weight_bdim is not None or normalizer_bdim is not None:
         return per_sample(_ops.softmax_cross_entropy_backward.default, info, in_dims, args)
-    batch_size = info.batch_size
-    has_batch_dim = input.dim() - (input_bdim is not None) >= 2
-    input = _fold_into_positions(input, input_bdim, batch_size, has_batch_dim)
-    target = _fold_into_positions(target, target_bdim, batch_size, has_batch_dim)
+    fold, unfold = _position_folding(info.batch_size, input, input_bdim)
+    input, target = fold(input, input_bdim), fold(target, target_bdim)
     grad_input, grad_target = _ops.softmax_cross_entropy_backward.default(
-        _fold_into_positions(grad_loss, grad_loss_bdim, batch_size, has_batch_dim),
-        input,
-        target,
-        weight,
-        _fold_into_positions(max_logit, max_logit_bdim, batch_size, has_batch_dim),
-        _fold_into_positions(log_sum, log_sum_bdim, batch_size, has_batch_dim),
-        normalizer,
-        reduction,
-        ignore_index,
-        label_smoothing,
-        output_mask,
+        fold(grad_loss, grad_loss_bdim), input, target, weight, fold(max_logit, max_logit_bdim),
+        fold(log_sum, log_sum_bdim), normalizer, reduction, ignore_index, label_smoothing, output_mask,
     )
     want_input = output_mask[0]
     want_target = output_mask[1] and target.shape == input.shape
     return (
-        _unfold_positions(grad_input, batch_size, has_batch_dim) if want_input else grad_input,
-        _unfold_positions(grad_target, batch_size, has_batch_dim) if want_target else grad_target,
+        unfold(grad_input) if want_input else grad_input,
+        unfold(grad_target) if want_target else grad_target,
     ), (0 if want_input else None, 0 if want_target else None)
 
 
