@@ -11,6 +11,6 @@ def run_suite(fixed_args):
         import torch_manualbp  # noqa: F401
     except ImportError:
         sys.path.insert(0, os.path.dirname(HERE))
-    from torch_manualbp.benchmarking import main
+    from torch_manualbp.cli.bench import main
 
     return main(["--out", os.path.join(HERE, "results"), *fixed_args, *sys.argv[1:]])

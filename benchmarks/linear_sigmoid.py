@@ -3,7 +3,7 @@
     python benchmarks/linear_sigmoid.py [--dtype float32] [--threads 2] [--thp both] [--repeats 3]
 
 Shapes (64, 256 -> 256) and (4096, 1024 -> 1024), forward and forward + backward; tables and JSON
-in benchmarks/results/. Every option: python -m torch_manualbp.benchmarking --help.
+in benchmarks/results/. Every option: python -m torch_manualbp bench --help.
 """
 import sys
 

@@ -3,7 +3,7 @@
     python benchmarks/run_all.py [--dtype float32] [--threads 2] [--thp both] [--repeats 3]
 
 The numbers of the README (Performance) and benchmarks/results/ come from `python benchmarks/run_all.py --thp both`.
-Every option: python -m torch_manualbp.benchmarking --help.
+Every option: python -m torch_manualbp bench --help.
 """
 import sys
 

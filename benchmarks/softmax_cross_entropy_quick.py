@@ -7,7 +7,7 @@ Forward + backward (loss.backward() into a fresh x.grad, as in training) and for
 targets, median of --repeat interleaved runs. Ratios are only meaningful within one run: other
 processes share the cores. --cpu-time reports the CPU time of the process (all threads, user + system,
 page faults included) instead of wall time: steadier than wall time when other processes compete for
-the cores. The full suite (memory, JSON, tables) is benchmarks/ of issue 5.
+the cores. The full suite (memory, JSON, tables): python benchmarks/run_all.py.
 """
 import argparse
 import os

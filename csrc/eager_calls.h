@@ -1,5 +1,5 @@
 // Direct calls of the LinearSigmoid ops below autograd, for the eager path of LinearSigmoidFunction
-// (torch_manualbp/functions.py): bound in torch_manualbp._C by csrc/ops.cpp.
+// (torch_manualbp/layers/linear_sigmoid.py): bound in torch_manualbp._C by csrc/ops.cpp.
 #pragma once
 
 #include <ATen/ATen.h>

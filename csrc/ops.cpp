@@ -1,5 +1,5 @@
 // Every op of torch_manualbp, declared once; the kernels register per backend (CPU: csrc/*.cpp,
-// CUDA: csrc/cuda/*.cu), fake kernels in torch_manualbp/_fake.py, autograd in torch_manualbp/functions.py.
+// CUDA: csrc/cuda/*.cu); fake kernels, autograd, batching rules and autocast in torch_manualbp/layers/<layer>.py.
 // Also the Python module torch_manualbp._C: how this build runs, and the LinearSigmoid ops called below
 // autograd for the eager path of LinearSigmoidFunction (csrc/eager_calls.cpp).
 #include <ATen/Parallel.h>

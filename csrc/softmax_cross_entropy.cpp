@@ -5,7 +5,8 @@
 // One position i is one distribution over C classes (the batch and spatial dims only enumerate them):
 //   m = max_c x_c,   s = sum_c exp(x_c - m),   lse = m + log s,   y_c = softmax_c = exp((x_c - m) - log s).
 //
-// Forward (cpu/softmax_cross_entropy_kernel.cpp: row_sums + position_loss; spatial: forward_spatial):
+// Forward (cpu/softmax_cross_entropy_rows_kernel.cpp: row_sums, then position_loss of cpu/cross_entropy_math.h;
+// N-d inputs: cpu/softmax_cross_entropy_spatial_kernel.cpp, column_sums):
 //   index target t (ignored positions give 0):
 //     loss_i = (1 - eps) w_t (lse - x_t) + (eps / C) sum_c w_c (lse - x_c)
 //            = (1 - eps) w_t ((m - x_t) + log s) + (eps / C) (W log s - lin),

@@ -5,11 +5,11 @@ example works it out, the one computed by hand from the formulas), and judge the
            torch_manualbp node in it runs its hand-written backward kernel (csrc/).
 "autograd" the same network from native PyTorch ops, differentiated by PyTorch's own derivative formulas.
 "by hand"  the backward formulas written out as plain tensor arithmetic in the example itself.
-Agreement means within torch_manualbp's tolerance for the dtype (torch_manualbp/_tolerances.py).
+Agreement means within torch_manualbp's tolerance for the dtype (torch_manualbp/cli/tolerances.py).
 """
 import torch
 
-from torch_manualbp._tolerances import agrees, allowed_difference, max_abs_difference
+from torch_manualbp.cli.tolerances import agrees, allowed_difference, max_abs_difference
 
 NUMBER_WIDTH = 12
 

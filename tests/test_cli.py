@@ -4,6 +4,8 @@ Each command and example runs once as a user runs it, in a subprocess against th
 the failure paths run in-process, where the library's backward can be corrupted with monkeypatch to
 show that demo and check catch a wrong gradient.
 """
+import ast
+import json
 import re
 import runpy
 import subprocess
@@ -14,9 +16,8 @@ import pytest
 import torch
 
 import torch_manualbp
-from torch_manualbp import _C, _check_cases
-from torch_manualbp.__main__ import main
-from torch_manualbp.functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
+from torch_manualbp import _C, LinearSigmoidFunction, SoftmaxCrossEntropyFunction
+from torch_manualbp.cli import check_cases, main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -29,16 +30,6 @@ def run_cli(*args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "torch_manualbp", *args], cwd=cwd, capture_output=True, text=True, timeout=300
     )
-
-
-def has_benchmarking():
-    try:
-        import torch_manualbp.benchmarking  # noqa: F401
-    except ModuleNotFoundError as error:
-        if error.name != "torch_manualbp.benchmarking":
-            raise
-        return False
-    return True
 
 
 # ---- --help -----------------------------------------------------------------------------------------
@@ -93,14 +84,41 @@ def test_info(tmp_path):
 
 
 def test_bench(tmp_path):
-    if has_benchmarking():
-        result = run_cli("bench", "--help", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        assert "bench" in result.stdout
-    else:
-        result = run_cli("bench", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "bench: not yet available"
+    result = run_cli("bench", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "bench" in result.stdout
+
+
+def test_bench_writes_files_only_under_out(tmp_path):
+    """Without --out, `bench` prints its report and creates nothing in the working directory; with
+    --out DIR it writes the report there as .md and .json."""
+    quick = ["bench", "--quick", "--layer", "linear_sigmoid", "--no-compile", "--no-memory", "--no-simd-check"]
+    result = run_cli(*quick, "--min-run-time", "0.05", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "## Performance goals (float32, 2 threads)" in result.stdout
+    assert "| fwd+bwd | torch_manualbp |" in result.stdout
+    assert "wrote" not in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+    out = tmp_path / "reports"
+    result = run_cli(*quick, "--min-run-time", "0.05", "--out", str(out), "--name", "smoke", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["reports"]
+    assert sorted(path.name for path in out.iterdir()) == ["smoke.json", "smoke.md"]
+    assert "## Performance goals (float32, 2 threads)" in (out / "smoke.md").read_text()
+    assert json.loads((out / "smoke.json").read_text())["results"][0]["layer"] == "linear_sigmoid"
+
+
+def test_importing_the_library_loads_no_tool(tmp_path):
+    """`import torch_manualbp` loads the layers, and nothing of the command line or the benchmarks."""
+    code = "import sys, torch_manualbp; print(sorted(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    loaded = ast.literal_eval(result.stdout)
+    assert "torch_manualbp.layers.linear_sigmoid" in loaded and "torch_manualbp.functional" in loaded
+    tools = [name for name in loaded if name == "torch_manualbp.cli" or name.startswith("torch_manualbp.cli.")]
+    assert tools == []
+    assert "torch.utils.benchmark" not in loaded
 
 
 # ---- demo -------------------------------------------------------------------------------------------
@@ -172,7 +190,7 @@ def test_check_passes_every_case(tmp_path):
     result = run_cli("check", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith(("linear_sigmoid", "softmax_cross_entropy"))]
-    assert len(rows) == 3 * len(_check_cases.cases())
+    assert len(rows) == 3 * len(check_cases.cases())
     for row in rows:
         op, *_, check, device, dtype, verdict, error = re.split(r"\s{2,}", row)
         assert (device, dtype, verdict) == ("cpu", "float64", "pass"), row
@@ -186,7 +204,7 @@ def test_check_fails_when_a_backward_is_wrong(capsys, monkeypatch):
     assert main(["check", "--op", "linear_sigmoid"]) == 1
     text = capsys.readouterr().out
     gradcheck_rows = [line for line in text.splitlines() if re.search(r"\s{2}gradcheck\s{2}", line)]
-    assert len(gradcheck_rows) == len(_check_cases.linear_sigmoid_cases())
+    assert len(gradcheck_rows) == len(check_cases.linear_sigmoid_cases())
     assert all("FAIL" in row for row in gradcheck_rows)
     assert "softmax_cross_entropy" not in text
     assert re.search(r"check: \d+ of \d+ checks FAILED", text)
@@ -261,13 +279,11 @@ def test_docs_name_real_files_and_functions():
 def test_benchmark_child_processes_ignore_a_source_tree_in_the_working_directory(tmp_path, monkeypatch):
     """The benchmark's fresh processes (`python -c`) import the package the parent runs, not a
     torch_manualbp/ folder in the working directory (a source checkout without, or with a stale, _C)."""
-    if not has_benchmarking():
-        pytest.skip("torch_manualbp.benchmarking is not part of this build")
-    from torch_manualbp import _bench_probes
+    from torch_manualbp.cli import bench_probes
 
     shadow = tmp_path / "torch_manualbp"
     shadow.mkdir()
     (shadow / "__init__.py").write_text("raise ImportError('the source tree in the working directory was imported')\n")
     monkeypatch.chdir(tmp_path)
-    result = _bench_probes.run_probe("memory", ["linear_sigmoid", [4, 8, 8], "float32", "torch_manualbp", 1], timeout=300)
+    result = bench_probes.run_probe("memory", ["linear_sigmoid", [4, 8, 8], "float32", "torch_manualbp", 1], timeout=300)
     assert "error" not in result, result

@@ -1,5 +1,5 @@
 """Double backward: gradgradcheck in float64 through the layers (the backward ops are differentiable,
-torch_manualbp/functions.py), and a gradient penalty compared with the native composition."""
+torch_manualbp/layers/), and a gradient penalty compared with the native composition."""
 import pytest
 import torch
 import torch.nn.functional as F

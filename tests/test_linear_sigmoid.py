@@ -247,12 +247,12 @@ def test_eager_path_calls_the_ops_below_autograd_and_matches_them(monkeypatch):
     torch_manualbp._C.*_below_autograd (no Python autograd wrapper): the same values, bitwise, as the ops
     called through torch.ops, and a call of each per forward + backward."""
     from torch_manualbp import _C
-    from torch_manualbp import functions
+    from torch_manualbp.layers import linear_sigmoid as layer
 
     calls = []
     for name in ("linear_sigmoid_forward_below_autograd", "linear_sigmoid_backward_below_autograd"):
         real = getattr(_C, name)
-        monkeypatch.setattr(functions._C, name, lambda *args, _real=real, _name=name: calls.append(_name) or _real(*args))
+        monkeypatch.setattr(layer._C, name, lambda *args, _real=real, _name=name: calls.append(_name) or _real(*args))
     x, w, b = (torch.randn(*shape).requires_grad_() for shape in ((7, 5), (3, 5), (3,)))
     y = linear_sigmoid(x, w, b)
     grad_y = torch.randn_like(y)

@@ -7,11 +7,9 @@ torch.autograd.Function whose forward and backward call ops registered under tor
 import torch  # noqa: F401  (first: _C links against it)
 
 from . import _C  # noqa: F401  (registers torch.ops.torch_manualbp.*)
-from . import _fake  # noqa: F401  (fake kernels for torch.compile / export)
-from . import _vmap  # noqa: F401  (batching rules for torch.vmap / torch.func)
-from . import _autocast  # noqa: F401  (autocast kernels of the ops)
+from . import layers  # noqa: F401  (autograd, fake kernels, batching rules and autocast of the ops)
 from . import functional
-from .functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
+from .layers import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
 from .modules import LinearSigmoid, SoftmaxCrossEntropyLoss
 from .version import __version__
 

@@ -1,9 +1,17 @@
 """The functional API: argument normalisation, then the autograd.Function of each layer."""
 import torch
 
-from ._autocast import FLOAT32, LOWER_PRECISION, cast_for_autocast
-from ._argument_checks import check_float, check_int, check_reduction, check_tensor
-from .functions import LinearSigmoidFunction, SoftmaxCrossEntropyFunction, apply_layer
+from .layers import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
+from .layers._common import (
+    FLOAT32,
+    LOWER_PRECISION,
+    apply_layer,
+    cast_for_autocast,
+    check_float,
+    check_int,
+    check_reduction,
+    check_tensor,
+)
 
 _ops = torch.ops.torch_manualbp
 

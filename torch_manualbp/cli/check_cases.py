@@ -9,7 +9,7 @@ from collections import namedtuple
 import torch
 import torch.nn.functional as F
 
-from .functional import linear_sigmoid, softmax_cross_entropy
+from ..functional import linear_sigmoid, softmax_cross_entropy
 
 Case = namedtuple("Case", ["op", "variant", "build"])
 

@@ -75,6 +75,15 @@ def _grad_closure(forward, wrt, grad_output):
     return fwd_bwd
 
 
+def _compiled_contender(native, inputs, wrt, grad_output):
+    """The COMPILED contender: torch.compile of the native composition on `inputs`, or why it is missing."""
+    compiled, why = _compiled(native, COMPILED)
+    if compiled is None:
+        return Contender(COMPILED, None, None, why)
+    forward = lambda: compiled(*inputs)  # noqa: E731
+    return Contender(COMPILED, forward, _grad_closure(forward, wrt, grad_output), None, forward)
+
+
 # ---- LinearSigmoid ------------------------------------------------------------------------------------
 
 LINEAR_SIGMOID_SHAPES = [(64, 256, 256), (4096, 1024, 1024)]  # (rows, in_features, out_features)
@@ -102,12 +111,7 @@ def _build_linear_sigmoid(case, with_compile):
         forward = lambda fn=fn: fn(x, weight, bias)  # noqa: E731
         contenders.append(Contender(name, forward, _grad_closure(forward, wrt, grad_output), None, forward))
     if with_compile:
-        compiled, why = _compiled(_native_linear_sigmoid, COMPILED)
-        if compiled is None:
-            contenders.append(Contender(COMPILED, None, None, why))
-        else:
-            forward = lambda: compiled(x, weight, bias)  # noqa: E731
-            contenders.append(Contender(COMPILED, forward, _grad_closure(forward, wrt, grad_output), None, forward))
+        contenders.append(_compiled_contender(_native_linear_sigmoid, (x, weight, bias), wrt, grad_output))
 
     # The floor: the GEMMs themselves. Forward: z = x @ W^T. Forward + backward: also dx = dz @ W and
     # dW = dz^T @ x (dz has the output's shape; grad_output stands in for it).
@@ -179,12 +183,7 @@ def _build_cross_entropy(case, with_compile):
         forward = lambda fn=fn: fn(logits, target)  # noqa: E731
         contenders.append(Contender(name, forward, _grad_closure(forward, wrt, None), None, forward))
     if with_compile:
-        compiled, why = _compiled(_native_cross_entropy, COMPILED)
-        if compiled is None:
-            contenders.append(Contender(COMPILED, None, None, why))
-        else:
-            forward = lambda: compiled(logits, target)  # noqa: E731
-            contenders.append(Contender(COMPILED, forward, _grad_closure(forward, wrt, None), None, forward))
+        contenders.append(_compiled_contender(_native_cross_entropy, (logits, target), wrt, None))
     order = {OURS: 0, EAGER: 1, COMPILED: 2}
     contenders.sort(key=lambda c: order[c.name])
     return [logits, target], contenders

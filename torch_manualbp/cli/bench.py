@@ -8,11 +8,12 @@ within a round (then the median over rounds): on a busy machine, compare ratios,
 
 Memory: the bytes kept for backward (the storages of the tensors autograd saves, counted once, those
 of the inputs and parameters left out), and the peak extra resident memory of forward + backward, from
-a fresh process per contender (see _bench_probes.py). A SIMD check times the LinearSigmoid passes
+a fresh process per contender (see bench_probes.py). A SIMD check times the LinearSigmoid passes
 around the GEMM at ATEN_CPU_CAPABILITY=default and at the detected level, each in its own process.
 
-Writes <name>.md and <name>.json under --out (default benchmarks/results); `--thp both` runs the whole
-suite twice, in child processes with THP_MEM_ALLOC_ENABLE=0 and =1 (PyTorch reads it once, at start).
+Prints the tables; with --out DIR it also writes them as <name>.md and <name>.json into DIR (the scripts
+of benchmarks/ pass the repository's benchmarks/results). `--thp both` runs the whole suite twice, in
+child processes with THP_MEM_ALLOC_ENABLE=0 and =1 (PyTorch reads it once, at start).
 Programmatic use: add_arguments(parser) and run(args) -> exit status; main(argv) for scripts.
 """
 import argparse
@@ -30,9 +31,9 @@ import torch
 from torch.utils.benchmark import Timer
 
 import torch_manualbp
-from torch_manualbp import _bench_cases as cases_lib
-from torch_manualbp import _bench_probes as probes
-from torch_manualbp._bench_cases import COMPILED, EAGER, FLOOR, FWD, FWD_BWD, OURS
+from torch_manualbp.cli import bench_cases as cases_lib
+from torch_manualbp.cli import bench_probes as probes
+from torch_manualbp.cli.bench_cases import COMPILED, EAGER, FLOOR, FWD, FWD_BWD, OURS
 
 THP_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 COMMAND_VARIABLE = "TORCH_MANUALBP_BENCH_COMMAND"  # the parent's command line, for the report of a child
@@ -43,7 +44,7 @@ SIMD_CHECK_ROUNDS = 2
 
 TIMERS = {"wall": time.perf_counter, "process": time.process_time}
 
-# The goals of issue 5 (float32, 2 threads), checked on the numbers of the same run.
+# The performance goals of the layers (float32, 2 threads), checked on the numbers of the same run.
 GOALS = [
     # (layer, shape label, pass, description, metric, bound)
     ("linear_sigmoid", "4096x1024->1024", FWD_BWD, "time / GEMM floor <= 1.05", "vs_floor", ("<=", 1.05)),
@@ -84,8 +85,11 @@ def add_arguments(parser):
     parser.add_argument("--no-simd-check", action="store_true", help="skip the ATEN_CPU_CAPABILITY=default check")
     parser.add_argument("--quick", action="store_true", help="small shapes, short timings (a smoke test)")
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table per case")
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results"), help="folder of the .md/.json")
-    parser.add_argument("--name", default=None, help="file name stem (default: from machine and settings)")
+    parser.add_argument(
+        "--out", metavar="DIR", default=None,
+        help="also write the report as <name>.md and <name>.json into DIR (default: print it, write nothing)",
+    )
+    parser.add_argument("--name", default=None, help="file name stem under --out (default: from machine and settings)")
     return parser
 
 
@@ -337,8 +341,6 @@ def _command():
     argv = list(sys.argv)
     if argv and argv[0].endswith(os.path.join("torch_manualbp", "__main__.py")):
         argv[0:1] = ["-m", "torch_manualbp"]
-    elif argv and argv[0].endswith(os.path.join("torch_manualbp", "benchmarking.py")):
-        argv[0:1] = ["-m", "torch_manualbp.benchmarking"]
     return " ".join([os.path.basename(sys.executable)] + argv)
 
 
@@ -456,7 +458,7 @@ def _markdown(report):
         else:
             lines.append(f"failed: {simd}")
         lines.append("")
-    lines += ["## Goals (issue 5; float32, 2 threads)", "", "| goal | measured | met |", "|---|---:|---|"]
+    lines += ["## Performance goals (float32, 2 threads)", "", "| goal | measured | met |", "|---|---:|---|"]
     for goal in report["goals"]:
         value = "" if goal["value"] is None else f"{goal['value']:.2f}"
         met = {True: "yes", False: "**no**", None: "n/a"}[goal["met"]]
@@ -475,14 +477,17 @@ def _default_name(args):
 
 
 def _write_report(report, args):
+    """Prints the report; with --out, also writes it as <stem>.md and <stem>.json there."""
+    markdown = _markdown(report)
+    print("\n" + markdown)
+    if args.out is None:
+        return None
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.name or _default_name(args))
-    markdown = _markdown(report)
     with open(stem + ".md", "w") as f:
         f.write(markdown)
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=1)
-    print("\n" + markdown)
     print(f"wrote {stem}.md and {stem}.json")
     return stem
 
@@ -507,7 +512,7 @@ def _run_children(args, settings):
     # so that PYTHONPATH (the parent's package root) decides.
     code = (
         "import sys; sys.path = [p for p in sys.path if p]; "
-        "import argparse, json; from torch_manualbp.benchmarking import run; "
+        "import argparse, json; from torch_manualbp.cli.bench import run; "
         "sys.exit(run(argparse.Namespace(**json.loads(sys.argv[1]))))"
     )
     for setting in settings:
@@ -527,7 +532,3 @@ def _is_json(value):
         return True
     except TypeError:
         return False
-
-
-if __name__ == "__main__":
-    sys.exit(main())

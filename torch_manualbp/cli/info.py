@@ -5,8 +5,10 @@ import sys
 
 import torch
 
-from . import _C
-from .version import __version__
+from .. import _C
+from ..version import __version__
+
+PACKAGE_DIR = os.path.dirname(os.path.dirname(__file__))  # torch_manualbp/, above cli/
 
 
 def add_arguments(parser):
@@ -15,7 +17,7 @@ def add_arguments(parser):
 
 def _build_config():
     try:
-        from ._build_config import BUILD_CONFIG
+        from .._build_config import BUILD_CONFIG
     except ImportError:  # a source tree never built by setup.py
         return None
     return BUILD_CONFIG
@@ -27,7 +29,7 @@ def rows():
     cuda_built = _C.built_with_cuda()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
     result = [
-        ("torch_manualbp", f"{__version__} ({os.path.dirname(__file__)})"),
+        ("torch_manualbp", f"{__version__} ({PACKAGE_DIR})"),
         ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
         ("python", f"{platform.python_version()} on {platform.machine()} {platform.system()}"),
         ("backends compiled", "CPU, CUDA" if cuda_built else "CPU"),

@@ -2,9 +2,9 @@
 hand-written kernels, and check its gradients against autograd's on the same weights as it trains.
 
 The model is LinearSigmoid -> LinearSigmoid -> Linear -> SoftmaxCrossEntropyLoss on a 3-class spiral
-(torch_manualbp/_spiral.py). At a few steps the same parameters also go through native PyTorch ops
+(torch_manualbp/cli/spiral.py). At a few steps the same parameters also go through native PyTorch ops
 (F.linear + torch.sigmoid, F.cross_entropy) and torch.autograd.grad differentiates that: the two sets of
-gradients must agree within the dtype's tolerance (torch_manualbp/_tolerances.py), else the exit code is 1.
+gradients must agree within the dtype's tolerance (torch_manualbp/cli/tolerances.py), else the exit code is 1.
 """
 import sys
 import time
@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._spiral import make_spiral
-from ._tolerances import agrees, allowed_difference, max_abs_difference
-from .modules import LinearSigmoid, SoftmaxCrossEntropyLoss
+from ..modules import LinearSigmoid, SoftmaxCrossEntropyLoss
+from .spiral import make_spiral
+from .tolerances import agrees, allowed_difference, max_abs_difference
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HIDDEN = 32

@@ -1,7 +1,7 @@
 """Measurements that need a fresh process: peak resident memory, and the kernels at a forced SIMD level.
 
 Each probe runs as `python -c ...` in a child process with a chosen environment and prints one JSON
-line; the parent (torch_manualbp.benchmarking) starts it with `run_probe`.
+line; the parent (torch_manualbp/cli/bench.py) starts it with `run_probe`.
 
 Peak extra memory of forward + backward (one contender, one case, a fresh process):
   1. build the inputs (written, so resident), run forward + backward once (torch.compile compiles,
@@ -44,11 +44,11 @@ def _reset_high_water_mark():
 def _memory_probe(layer, shape, dtype_name, contender_name, threads):
     import torch
 
-    from torch_manualbp import _bench_cases
+    from torch_manualbp.cli import bench_cases
 
     torch.set_num_threads(threads)
-    case = _bench_cases.find_case(layer, shape, getattr(torch, dtype_name))
-    _, contenders = case.build(case, contender_name == _bench_cases.COMPILED)
+    case = bench_cases.find_case(layer, shape, getattr(torch, dtype_name))
+    _, contenders = case.build(case, contender_name == bench_cases.COMPILED)
     contender = next(c for c in contenders if c.name == contender_name)
     if contender.fwd_bwd is None:
         return {"peak_extra_bytes": None, "missing": contender.missing}
@@ -125,10 +125,10 @@ def run_probe(name, arguments, extra_env=None, timeout=1800):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root(), env.get("PYTHONPATH")) if p)
     env.update(extra_env or {})
-    # Without the working directory on sys.path (see benchmarking._run_children): the parent's package.
+    # Without the working directory on sys.path (see bench._run_children): the parent's package.
     code = (
         "import sys; sys.path = [p for p in sys.path if p]; "
-        "from torch_manualbp._bench_probes import main; sys.exit(main(sys.argv[1:]))"
+        "from torch_manualbp.cli.bench_probes import main; sys.exit(main(sys.argv[1:]))"
     )
     started = time.monotonic()
     try:

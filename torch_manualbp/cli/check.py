@@ -1,6 +1,6 @@
 """`python -m torch_manualbp check`: verify this install's ops on a device, in float64.
 
-For every op and option (torch_manualbp/_check_cases.py) three checks, one table row each:
+For every op and option (torch_manualbp/cli/check_cases.py) three checks, one table row each:
   forward        the op's value against the same computation from native PyTorch ops
   gradcheck      the hand-written backward against finite differences
   gradgradcheck  the backward's own derivative (double backward), likewise
@@ -17,8 +17,8 @@ import sys
 
 import torch
 
-from ._check_cases import cases
-from ._tolerances import agrees, allowed_difference, max_abs_difference
+from .check_cases import cases
+from .tolerances import agrees, allowed_difference, max_abs_difference
 
 # torch.autograd.gradcheck's own defaults; the independent measurement is judged by the same bound.
 GRADCHECK_ATOL = 1e-5
