@@ -1,7 +1,8 @@
 """The functional API: argument normalisation, then the autograd.Function of each layer."""
 import torch
 
-from .layers import LinearSigmoidFunction, SoftmaxCrossEntropyFunction
+from .layers import LinearCrossEntropyFunction, LinearSigmoidFunction, SoftmaxCrossEntropyFunction
+from .layers.linear_cross_entropy import ahead_gradients, chunk_budget_or_default
 from .layers._common import (
     FLOAT32,
     LOWER_PRECISION,
@@ -15,7 +16,7 @@ from .layers._common import (
 
 _ops = torch.ops.torch_manualbp
 
-__all__ = ["linear_sigmoid", "softmax_cross_entropy"]
+__all__ = ["linear_cross_entropy", "linear_sigmoid", "softmax_cross_entropy"]
 
 
 def linear_sigmoid(input, weight, bias=None):
@@ -73,3 +74,62 @@ def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reducti
         input, target, weight, reduction, ignore_index, float(label_smoothing),
     )
     return loss
+
+
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction="mean",
+                         ignore_index=-100, label_smoothing=0.0, lse_square_scale=0.0, softcap=None, chunk_budget=None):
+    """``F.cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)`` fused, with a hand-written
+    backward: the ``(tokens, num_classes)`` logits are never materialised, a chunk of tokens at a time is.
+
+    A drop-in for ``torch.nn.functional.linear_cross_entropy`` (same argument names; any number of leading
+    dims), with two options of language-model heads besides those of ``F.cross_entropy``.
+
+    Args:
+        input: ``(*, in_features)``, any number of leading dims (none: one token).
+        linear_weight: ``(num_classes, in_features)``, e.g. a language model's tied embedding.
+        target: class indices ``(*)`` (int64 or uint8), or class probabilities ``(*, num_classes)`` of the
+            input's dtype (differentiable; rows need not sum to 1).
+        linear_bias: ``(num_classes,)`` or ``None``.
+        weight: ``(num_classes,)`` class weights, the input's dtype, or ``None``.
+        reduction: ``'none'`` (one loss per token), ``'mean'`` (the cross-entropy divided by the total weight of
+            the non-ignored targets, or by the number of tokens for probability targets; the z-loss by the
+            number of non-ignored tokens) or ``'sum'``.
+        ignore_index: a class index whose tokens contribute nothing and cost nothing (``None``: -100).
+        label_smoothing: eps in [0, 1]: the target becomes ``(1 - eps) target + eps / num_classes``.
+        lse_square_scale: lambda >= 0 of the z-loss ``lambda * logsumexp(logits)^2`` added per non-ignored token.
+        softcap: ``None`` or s > 0: the logits become ``s * tanh(logits / s)`` before the softmax.
+        chunk_budget: bytes of logits held at once (``None``: 64 MiB); the tokens go through in chunks of
+            ``chunk_budget // (num_classes * element size)``, at least one.
+
+    Float32/64, bfloat16/float16 (these accumulate in float32: the weight gradient across chunks too). Under
+    ``torch.autocast`` the GEMMs run in the autocast dtype, as ``F.linear``, and the loss is float32, as
+    ``F.cross_entropy`` (float64 is never cast).
+    """
+    fn = "linear_cross_entropy"
+    check_tensor(fn, "input", input)
+    check_tensor(fn, "linear_weight", linear_weight)
+    check_tensor(fn, "target", target)
+    check_tensor(fn, "linear_bias", linear_bias, optional=True)
+    check_tensor(fn, "weight", weight, optional=True)
+    ignore_index = -100 if ignore_index is None else ignore_index
+    check_int(fn, "ignore_index", ignore_index)
+    check_reduction(reduction)
+    check_float(fn, "label_smoothing", label_smoothing)
+    check_float(fn, "lse_square_scale", lse_square_scale)
+    check_float(fn, "softcap", softcap, optional=True)
+    chunk_budget = chunk_budget_or_default(fn, chunk_budget)
+    cast = False
+    if torch._C._is_any_autocast_enabled():
+        dtype = input.dtype
+        input, linear_weight, linear_bias, target, weight = cast_for_autocast(
+            LOWER_PRECISION, input.device.type, input, linear_weight, linear_bias, target, weight
+        )
+        cast = input.dtype != dtype
+    loss, *_ = apply_layer(
+        LinearCrossEntropyFunction,
+        _ops.linear_cross_entropy_forward.default,
+        input, linear_weight, linear_bias, target, weight, reduction, ignore_index, float(label_smoothing),
+        float(lse_square_scale), None if softcap is None else float(softcap),
+        ahead_gradients(input, linear_weight, linear_bias, target, reduction), chunk_budget,
+    )
+    return loss.float() if cast else loss

@@ -2,9 +2,9 @@
 import torch
 from torch import nn
 
-from .functional import linear_sigmoid, softmax_cross_entropy
+from .functional import linear_cross_entropy, linear_sigmoid, softmax_cross_entropy
 
-__all__ = ["LinearSigmoid", "SoftmaxCrossEntropyLoss"]
+__all__ = ["LinearCrossEntropyLoss", "LinearSigmoid", "SoftmaxCrossEntropyLoss"]
 
 
 class LinearSigmoid(nn.Module):
@@ -69,4 +69,58 @@ class SoftmaxCrossEntropyLoss(nn.Module):
         return (
             f"weight={weight}, ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
             f"label_smoothing={self.label_smoothing}"
+        )
+
+
+class LinearCrossEntropyLoss(nn.Module):
+    """A drop-in for ``nn.LinearCrossEntropyLoss``: the output projection ``linear`` (an ``nn.Linear(in_features,
+    num_classes, bias)``) and the cross-entropy fused, the logits never materialised, with a hand-written backward.
+
+    Same arguments, defaults, submodule and state_dict keys (``linear.weight``, ``linear.bias``, the class
+    ``weight`` buffer), so a checkpoint of torch's module loads unchanged; besides them the z-loss
+    (``lse_square_scale``), the ``softcap`` of the logits, and ``chunk_budget`` (bytes of logits held at once;
+    an attribute, so it may be changed between calls). See ``torch_manualbp.functional.linear_cross_entropy``.
+    """
+
+    __constants__ = ["num_classes", "reduction", "ignore_index", "label_smoothing", "lse_square_scale", "softcap"]
+
+    def __init__(self, in_features, num_classes, *, bias=False, device=None, dtype=None, reduction="mean",
+                 weight=None, ignore_index=-100, label_smoothing=0.0, lse_square_scale=0.0, softcap=None,
+                 chunk_budget=None):
+        if weight is not None and weight.shape != (num_classes,):
+            raise RuntimeError(f"expected weight shape to be {(num_classes,)}, got {tuple(weight.shape)}")
+        if label_smoothing < 0 or label_smoothing > 1.0:
+            raise RuntimeError(f"expected label_smoothing to be in range [0, 1], got {label_smoothing}")
+        super().__init__()
+        self.num_classes = num_classes
+        self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+        self.register_buffer("weight", weight)
+        self.reduction = reduction
+        self.ignore_index = -100 if ignore_index is None else ignore_index
+        self.label_smoothing = label_smoothing
+        self.lse_square_scale = lse_square_scale
+        self.softcap = softcap
+        self.chunk_budget = chunk_budget
+
+    def forward(self, input, target):
+        return linear_cross_entropy(
+            input,
+            self.linear.weight,
+            target,
+            linear_bias=self.linear.bias,
+            weight=self.weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            lse_square_scale=self.lse_square_scale,
+            softcap=self.softcap,
+            chunk_budget=self.chunk_budget,
+        )
+
+    def extra_repr(self):
+        weight = "None" if self.weight is None else f"({self.weight.shape[0]},)"
+        return (
+            f"num_classes={self.num_classes}, weight={weight}, ignore_index={self.ignore_index}, "
+            f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, "
+            f"lse_square_scale={self.lse_square_scale}, softcap={self.softcap}"
         )

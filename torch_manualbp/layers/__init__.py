@@ -16,8 +16,9 @@ hessian = jacfwd(jacrev)).
 
 Importing this package registers everything (the ops themselves come from torch_manualbp._C).
 """
-from . import linear_sigmoid, softmax_cross_entropy  # noqa: F401  (registrations on the ops)
+from . import linear_cross_entropy, linear_sigmoid, softmax_cross_entropy  # noqa: F401  (registrations on the ops)
+from .linear_cross_entropy import LinearCrossEntropyFunction
 from .linear_sigmoid import LinearSigmoidFunction
 from .softmax_cross_entropy import SoftmaxCrossEntropyFunction
 
-__all__ = ["LinearSigmoidFunction", "SoftmaxCrossEntropyFunction"]
+__all__ = ["LinearCrossEntropyFunction", "LinearSigmoidFunction", "SoftmaxCrossEntropyFunction"]

@@ -164,9 +164,12 @@ def check_int(fn, name, value):
         raise TypeError(f"{fn}(): argument '{name}' must be int, not {type(value).__name__}")
 
 
-def check_float(fn, name, value):
+def check_float(fn, name, value, optional=False):
+    if optional and value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{fn}(): argument '{name}' must be float, not {type(value).__name__}")
+        expected = "float or None" if optional else "float"
+        raise TypeError(f"{fn}(): argument '{name}' must be {expected}, not {type(value).__name__}")
 
 
 # ---- batching (register_vmap rules) --------------------------------------------------------------------

@@ -44,6 +44,28 @@ _is_compiling = torch.compiler.is_compiling
 DEFAULT_CHUNK_BUDGET = 64 << 20
 
 
+def chunk_budget_or_default(fn, chunk_budget):
+    """The chunk budget in bytes: DEFAULT_CHUNK_BUDGET for None, else a positive int (ValueError, TypeError)."""
+    if chunk_budget is None:
+        return DEFAULT_CHUNK_BUDGET
+    if isinstance(chunk_budget, bool) or not isinstance(chunk_budget, int):
+        raise TypeError(f"{fn}(): argument 'chunk_budget' must be int or None, not {type(chunk_budget).__name__}")
+    if chunk_budget <= 0:
+        raise ValueError(f"{fn}(): chunk_budget (bytes of logits held at once) must be positive, got {chunk_budget}")
+    return chunk_budget
+
+
+def ahead_gradients(input, linear_weight, linear_bias, target, reduction):
+    """The grad_mask of the forward op: which of (input, linear_weight, linear_bias) get their gradient computed
+    in the forward. Only for the scalar reductions (one upstream gradient), with grad mode on, and not when a
+    probability target needs its gradient (the backward then recomputes everything in one pass)."""
+    if not torch.is_grad_enabled() or reduction == "none":
+        return [False, False, False]
+    if target.requires_grad and is_probability_target(input, linear_weight, target):
+        return [False, False, False]
+    return [input.requires_grad, linear_weight.requires_grad, linear_bias is not None and linear_bias.requires_grad]
+
+
 def is_probability_target(input, linear_weight, target):
     """Class probabilities: a target of the logits' shape (*, num_classes) (the C++ checks its dtype)."""
     return target.dim() == input.dim() and target.shape == (*input.shape[:-1], linear_weight.shape[0])
