@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_manualbp
-from torch_manualbp.functional import linear_sigmoid, softmax_cross_entropy
+from torch_manualbp.functional import linear_cross_entropy, linear_sigmoid, softmax_cross_entropy
 
 ops = torch.ops.torch_manualbp
 
@@ -161,3 +161,38 @@ def test_compiled_model_under_autocast():
     grads, expected_grads = torch.autograd.grad(loss, parameters), torch.autograd.grad(expected, parameters)
     assert all(grad.dtype == torch.float32 for grad in grads)
     torch.testing.assert_close(grads, expected_grads)
+
+
+def _native_linear_cross_entropy(input, linear_weight, target, linear_bias=None, **options):
+    return F.cross_entropy(F.linear(input, linear_weight, linear_bias), target, **options)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES)
+@pytest.mark.parametrize("kind", ["index", "probability"])
+def test_linear_cross_entropy_follows_f_linear_then_f_cross_entropy(device, dtype, kind):
+    """The GEMMs in the autocast dtype (F.linear), a float32 loss (F.cross_entropy); float32 gradients."""
+    input, weight, bias = _parameters(device, (12, 8), (40, 8), (40,))
+    if kind == "index":
+        target = torch.randint(0, 40, (12,), device=device)
+    else:
+        target = torch.rand(12, 40, device=device).softmax(-1)
+    class_weight = torch.rand(40, device=device) + 0.5
+    options = dict(weight=class_weight, label_smoothing=0.1)
+    results = []
+    for fn in (linear_cross_entropy, _native_linear_cross_entropy):
+        with torch.autocast(device, dtype=dtype):
+            loss = fn(input, weight, target, linear_bias=bias, **options)
+        results.append((loss, *torch.autograd.grad(loss, (input, weight, bias))))
+    for ours, native in zip(*results):
+        assert ours.dtype == native.dtype == torch.float32
+        torch.testing.assert_close(ours, native, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES)
+def test_linear_cross_entropy_float64_is_not_cast(device, dtype):
+    input, weight = _parameters(device, (6, 4), (9, 4), dtype=torch.float64)
+    target = torch.randint(0, 9, (6,), device=device)
+    with torch.autocast(device, dtype=dtype):
+        loss = linear_cross_entropy(input, weight, target)
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, _native_linear_cross_entropy(input, weight, target))

@@ -157,3 +157,53 @@ def test_functional_with_leading_dims_and_broadcast_bias():
         torch.compile(fn, fullgraph=True, backend="aot_eager")(input, weight, bias), (input, weight, bias)
     )
     torch.testing.assert_close(compiled_grads, torch.autograd.grad(fn(input, weight, bias), (input, weight, bias)))
+
+
+class LanguageHead(torch.nn.Module):
+    """LinearSigmoid -> LinearCrossEntropyLoss over (batch, time, features) inputs."""
+
+    def __init__(self, in_features=6, hidden=8, classes=37, **loss_options):
+        super().__init__()
+        self.hidden = torch_manualbp.LinearSigmoid(in_features, hidden)
+        self.head = torch_manualbp.LinearCrossEntropyLoss(hidden, classes, bias=True, **loss_options)
+
+    def forward(self, input, target):
+        loss = self.head(self.hidden(input), target)
+        return loss.sum() if loss.dim() else loss
+
+
+def _tokens(batch, time=5, classes=37):
+    return torch.randn(batch, time, 6), torch.randint(0, classes, (batch, time))
+
+
+def test_linear_cross_entropy_inductor_matches_eager():
+    torch._dynamo.reset()
+    model = LanguageHead(label_smoothing=0.1, softcap=5.0, lse_square_scale=1e-2, chunk_budget=37 * 4 * 3)
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    _assert_matches_eager(compiled, model, *_tokens(4))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_cross_entropy_graphs(reduction):
+    """A scalar reduction: the forward graph computes the gradients ahead and the backward graph only scales
+    them (no backward op); 'none': the backward graph calls the backward op with the upstream gradient."""
+    torch._dynamo.reset()
+    backend, graphs = _graph_recorder()
+    model = LanguageHead(reduction=reduction, ignore_index=3)
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    _assert_matches_eager(compiled, model, *_tokens(3))
+    forward, backward = _targets(graphs["forward"][0]), _targets(graphs["backward"][0])
+    assert ops.linear_cross_entropy_forward.default in forward
+    assert (ops.linear_cross_entropy_backward.default in backward) == (reduction == "none")
+
+
+def test_linear_cross_entropy_dynamic_token_counts_compile_once():
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    model = LanguageHead()
+    compiled = torch.compile(model, fullgraph=True, backend=counter, dynamic=True)
+    _assert_matches_eager(compiled, model, *_tokens(3))
+    compiles = counter.frame_count
+    for batch in (8, 2, 5):
+        _assert_matches_eager(compiled, model, *_tokens(batch))
+    assert counter.frame_count == compiles

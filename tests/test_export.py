@@ -76,3 +76,42 @@ def test_exported_program_trains():
     model(*batch).backward()
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(exported.get_parameter(name).grad, parameter.grad)
+
+
+class LanguageHead(torch.nn.Module):
+    """LinearSigmoid -> LinearCrossEntropyLoss with class weights, an ignored class, smoothing, softcap, z-loss."""
+
+    def __init__(self, classes=29):
+        super().__init__()
+        self.hidden = torch_manualbp.LinearSigmoid(6, 8)
+        self.head = torch_manualbp.LinearCrossEntropyLoss(
+            8, classes, bias=True, weight=torch.rand(classes) + 0.5, ignore_index=0, label_smoothing=0.1,
+            softcap=4.0, lse_square_scale=1e-3,
+        )
+
+    def forward(self, input, target):
+        return self.head(self.hidden(input), target)
+
+
+def _tokens(rows):
+    return torch.randn(rows, 6), torch.randint(0, 29, (rows,))
+
+
+def test_linear_cross_entropy_exports_saves_and_trains():
+    model = LanguageHead()
+    batch = Dim("batch")
+    program = torch.export.export(model.eval(), _tokens(4), dynamic_shapes=({0: batch}, {0: batch}))
+    assert _targets(program).count(ops.linear_cross_entropy_forward.default) == 1
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    buffer.seek(0)
+    loaded = torch.export.load(buffer)
+    for rows in (4, 11, 2):
+        inputs = _tokens(rows)
+        torch.testing.assert_close(loaded.module()(*inputs), model(*inputs))
+    trained = torch.export.export(model.train(), _tokens(4)).module()
+    inputs = _tokens(4)
+    trained(*inputs).backward()
+    model(*inputs).backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(trained.get_parameter(name).grad, parameter.grad)

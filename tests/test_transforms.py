@@ -9,7 +9,7 @@ from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 from torch.utils._pytree import tree_map
 
 import torch_manualbp
-from torch_manualbp.functional import linear_sigmoid, softmax_cross_entropy
+from torch_manualbp.functional import linear_cross_entropy, linear_sigmoid, softmax_cross_entropy
 
 DTYPE = torch.float64
 
@@ -281,5 +281,112 @@ def test_softmax_cross_entropy_forward_ad_with_dual_tensors(kind):
         args = duals if kind == "probability" else [duals[0], target]
         ours = fwAD.unpack_dual(softmax_cross_entropy(*args, label_smoothing=0.1))
         native = fwAD.unpack_dual(F.cross_entropy(*args, label_smoothing=0.1))
+    torch.testing.assert_close(ours.primal, native.primal)
+    torch.testing.assert_close(ours.tangent, native.tangent)
+
+
+# ---- LinearCrossEntropy ----------------------------------------------------------------------------------
+# (token shape, classes, kind, reduction, options)
+LINEAR_CROSS_ENTROPY_CASES = [
+    ((4,), 5, "index", "mean", dict(label_smoothing=0.1, softcap=3.0)),
+    ((2, 3), 5, "index", "none", dict(lse_square_scale=0.1)),
+    ((), 6, "index", "sum", dict(label_smoothing=0.2, lse_square_scale=0.05)),
+    ((4,), 5, "probability", "mean", dict(softcap=2.0)),
+    ((2, 2), 4, "probability", "none", dict(label_smoothing=0.1)),
+]
+
+
+def _native_linear_cross_entropy(input, linear_weight, target, linear_bias=None, reduction="mean",
+                                 label_smoothing=0.0, lse_square_scale=0.0, softcap=None):
+    logits = F.linear(input, linear_weight, linear_bias)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    probability = target.shape == logits.shape
+    flat = logits.reshape(-1, logits.shape[-1])
+    flat_target = target.reshape(-1, logits.shape[-1]) if probability else target.reshape(-1)
+    loss = F.cross_entropy(flat, flat_target, reduction="none", label_smoothing=label_smoothing)
+    loss = loss + lse_square_scale * torch.logsumexp(flat, -1).square()
+    if reduction == "none":
+        return loss.reshape(logits.shape[:-1])
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def _linear_cross_entropy_args(case, batch=None):
+    tokens, classes, kind, reduction, options = case
+    lead = () if batch is None else (batch,)
+    input, weight, bias = _randn(*lead, *tokens, 3), _randn(classes, 3), _randn(classes)
+    if kind == "probability":
+        target = _randn(*lead, *tokens, classes).softmax(-1)
+    else:
+        target = torch.randint(0, classes, (*lead, *tokens))
+    return input, weight, bias, target, dict(reduction=reduction, **options)
+
+
+@pytest.mark.parametrize("case", LINEAR_CROSS_ENTROPY_CASES, ids=str)
+def test_linear_cross_entropy_jacobians_hessian_vjp_jvp(case):
+    input, weight, bias, target, options = _linear_cross_entropy_args(case)
+    probability = target.is_floating_point()
+    argnums = (0, 1, 2, 3) if probability else (0, 1, 2)
+
+    def ours(input, weight, bias, target):
+        return linear_cross_entropy(input, weight, target, linear_bias=bias, chunk_budget=16, **options)
+
+    def native(input, weight, bias, target):
+        return _native_linear_cross_entropy(input, weight, target, linear_bias=bias, **options)
+
+    args = (input, weight, bias, target)
+    for transform in (jacrev, jacfwd):
+        _assert_close(transform(ours, argnums=argnums)(*args), transform(native, argnums=argnums)(*args))
+
+    def scalar(fn):
+        return lambda *a: fn(*a).sum().square()
+
+    _assert_close(hessian(scalar(ours), argnums=argnums)(*args), hessian(scalar(native), argnums=argnums)(*args))
+    primals = args if probability else args[:3]
+    bound_ours = ours if probability else functools.partial(ours, target=target)
+    bound_native = native if probability else functools.partial(native, target=target)
+    output, pullback = vjp(bound_ours, *primals)
+    native_output, native_pullback = vjp(bound_native, *primals)
+    _assert_close(output, native_output)
+    cotangent = torch.randn_like(output)
+    _assert_close(pullback(cotangent), native_pullback(cotangent))
+    tangents = tuple(torch.randn_like(p) for p in primals)
+    _assert_close(jvp(bound_ours, primals, tangents), jvp(bound_native, primals, tangents))
+
+
+@pytest.mark.parametrize("case", LINEAR_CROSS_ENTROPY_CASES, ids=str)
+def test_linear_cross_entropy_vmap_and_per_sample_gradients(case):
+    batch = 3
+    inputs, weight, bias, targets, options = _linear_cross_entropy_args(case, batch=batch)
+
+    def ours(input, weight, bias, target):
+        return linear_cross_entropy(input, weight, target, linear_bias=bias, **options)
+
+    def native(input, weight, bias, target):
+        return _native_linear_cross_entropy(input, weight, target, linear_bias=bias, **options)
+
+    def loss(fn):
+        return lambda *a: fn(*a).sum()
+
+    losses = vmap(ours, in_dims=(0, None, None, 0))(inputs, weight, bias, targets)
+    per_sample = vmap(grad(loss(ours), argnums=(0, 1, 2)), in_dims=(0, None, None, 0))(inputs, weight, bias, targets)
+    for index in range(batch):
+        _assert_close(losses[index], native(inputs[index], weight, bias, targets[index]))
+        expected = grad(loss(native), argnums=(0, 1, 2))(inputs[index], weight, bias, targets[index])
+        _assert_close(tree_map(lambda g: g[index], per_sample), expected)
+
+
+@pytest.mark.parametrize("kind", ["index", "probability"])
+def test_linear_cross_entropy_forward_ad_with_dual_tensors(kind):
+    import torch.autograd.forward_ad as fwAD
+
+    input, weight, bias, target, options = _linear_cross_entropy_args(((6,), 5, kind, "mean", dict(softcap=2.0)))
+    primals = [input, weight, bias] + ([target] if kind == "probability" else [])
+    tangents = [torch.randn_like(p) for p in primals]
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
+        t = duals[3] if kind == "probability" else target
+        ours = fwAD.unpack_dual(linear_cross_entropy(duals[0], duals[1], t, linear_bias=duals[2], **options))
+        native = fwAD.unpack_dual(_native_linear_cross_entropy(duals[0], duals[1], t, linear_bias=duals[2], **options))
     torch.testing.assert_close(ours.primal, native.primal)
     torch.testing.assert_close(ours.tangent, native.tangent)
