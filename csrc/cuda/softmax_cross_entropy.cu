@@ -148,8 +148,8 @@ __global__ void __launch_bounds__(max_threads(kLayout))
   if (here.valid) {
     st = cuda::class_stats<kProbability>(pb, here.base, here.class_stride, here.first_class, here.class_step);
   }
-  const cuda::MergeStats<acc_t> merge{pb.template has_linear_term<kProbability>()};
-  st = group_reduce<kLayout>(st, cuda::no_logits<acc_t>(), lanes, stats_scratch, merge);
+  const cuda::MergeStats<acc_t> merge_stats{pb.template has_linear_term<kProbability>()};
+  st = group_reduce<kLayout>(st, cuda::no_logits<acc_t>(), lanes, stats_scratch, merge_stats);
   PositionLoss<acc_t> result{acc_t(0), acc_t(0)};
   if (here.valid && here.leader) {
     result = cuda::finish_position<kProbability>(
@@ -304,11 +304,22 @@ void for_layout(Layout layout, const Launch& launch) {
   }
 }
 
-template <typename Kernel, typename... Args>
-void launch_kernel(const LaunchPlan& plan, Kernel kernel, const Args&... args) {
-  kernel<<<dim3(static_cast<unsigned>(plan.blocks)), plan.block, 0, at::cuda::getCurrentCUDAStream()>>>(
-      args..., plan.lanes);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+// Launches kernel_of(kProbability, layout) (std::bool_constant, std::integral_constant) for the target
+// kind and the plan's layout, with the plan's grid and block, on the current stream.
+template <typename KernelOf, typename... Args>
+void launch(const LaunchPlan& plan, bool probability, const KernelOf& kernel_of, const Args&... args) {
+  const auto run = [&](auto kernel) {
+    kernel<<<dim3(static_cast<unsigned>(plan.blocks)), plan.block, 0, at::cuda::getCurrentCUDAStream()>>>(
+        args..., plan.lanes);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  for_layout(plan.layout, [&](auto layout) {
+    if (probability) {
+      run(kernel_of(std::true_type{}, layout));
+    } else {
+      run(kernel_of(std::false_type{}, layout));
+    }
+  });
 }
 
 // Index targets as int64 (uint8 ones converted: a positions-sized copy), probabilities as they are; both
@@ -346,14 +357,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy
     out.block_loss = per_position ? nullptr : block_sums.mutable_data_ptr<acc_t>();
     out.block_weight = per_position ? nullptr : out.block_loss + plan.blocks;
     if (plan.blocks > 0) {
-      for_layout(plan.layout, [&](auto layout) {
-        constexpr Layout kLayout = decltype(layout)::value;
-        if (probability) {
-          launch_kernel(plan, forward_kernel<scalar_t, true, kLayout>, pb, out);
-        } else {
-          launch_kernel(plan, forward_kernel<scalar_t, false, kLayout>, pb, out);
-        }
-      });
+      const auto kernel_of = [](auto kind, auto layout) {
+        return forward_kernel<scalar_t, decltype(kind)::value, decltype(layout)::value>;
+      };
+      launch(plan, probability, kernel_of, pb, out);
     }
     if (per_position) {
       normalizer.fill_(1);
@@ -408,14 +415,10 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
     bw.weight_sum = weight_sum.defined() ? weight_sum.const_data_ptr<acc_t>() : nullptr;
     bw.grad_input = want_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
     bw.grad_target = want_target ? grad_target.mutable_data_ptr<scalar_t>() : nullptr;
-    for_layout(plan.layout, [&](auto layout) {
-      constexpr Layout kLayout = decltype(layout)::value;
-      if (probability) {
-        launch_kernel(plan, backward_kernel<scalar_t, true, kLayout>, pb, bw);
-      } else {
-        launch_kernel(plan, backward_kernel<scalar_t, false, kLayout>, pb, bw);
-      }
-    });
+    const auto kernel_of = [](auto kind, auto layout) {
+      return backward_kernel<scalar_t, decltype(kind)::value, decltype(layout)::value>;
+    };
+    launch(plan, probability, kernel_of, pb, bw);
   });
   return {grad_input, grad_target};
 }
