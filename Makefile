@@ -17,7 +17,7 @@ CUDA_PY := $(CUDA_VENV)/bin/python
 
 SOURCES := setup.py pyproject.toml $(shell find csrc torch_manualbp -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.py' | grep -v _build_config.py)
 
-.PHONY: test sanitize demo install cuda-build clean
+.PHONY: test sanitize demo install cuda-build cuda-resources clean
 
 $(VENV)/.deps:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,13 @@ $(CUDA_VENV)/.built: $(CUDA_VENV)/.deps $(SOURCES)
 cuda-build: $(CUDA_VENV)/.built
 	cd tests && ../$(CUDA_PY) -c "from torch_manualbp import _C; assert _C.built_with_cuda(), 'built without CUDA kernels'"
 	cd tests && ../$(CUDA_PY) -m pytest -q $(PYTEST_ARGS)
+
+# `make cuda-resources`: the registers, stack and shared memory of every CUDA kernel, read with cuobjdump from
+# the built module (release) and from the .cu files compiled to device code alone with the debug build's
+# nvcc flags (TORCH_MANUALBP_DEBUG=1: -O0 -g -G; no host compilation, no link), checked against each
+# kernel's __launch_bounds__. Fails when a kernel has none or its registers would not fit the block.
+cuda-resources: $(CUDA_VENV)/.built
+	$(CUDA_PY) tools/cuda_resources.py --jobs $(CUDA_MAX_JOBS)
 
 clean:
 	rm -rf build dist *.egg-info torch_manualbp/*.so torch_manualbp/_build_config.py

@@ -154,6 +154,10 @@ cxx_flags += ["-DTORCH_MANUALBP_HAVE_" + name for name, _ in SIMD_LEVELS]
 if WITH_CUDA:
     cxx_flags.append("-DTORCH_MANUALBP_WITH_CUDA")
 link_flags = ["-fopenmp"] + sanitize
+# nvcc's optimization flags of both builds (tools/cuda_resources.py compiles the debug ones to check the
+# kernels' registers against their __launch_bounds__), then the flags both share.
+NVCC_OPT_FLAGS = {"release": ["-O3", "-lineinfo"], "debug": ["-O0", "-g", "-G"]}
+nvcc_flags = NVCC_OPT_FLAGS["debug" if DEBUG else "release"] + ["-DTORCH_MANUALBP_WITH_CUDA"]
 
 
 class SimdBuildExtension(BuildExtension):
@@ -184,7 +188,6 @@ def extension():
     depends = glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)
     depends += glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True)
     if WITH_CUDA:
-        nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + ["-DTORCH_MANUALBP_WITH_CUDA"]
         return CUDAExtension(
             "torch_manualbp._C",
             BASE_SOURCES + CUDA_SOURCES,
@@ -214,6 +217,9 @@ def write_build_config():
         "simd_levels": [name for name, _ in SIMD_LEVELS],
         "cxx_flags": cxx_flags,
         "link_flags": link_flags,
+        "nvcc_flags": nvcc_flags if WITH_CUDA else None,
+        "nvcc_opt_flags": NVCC_OPT_FLAGS if WITH_CUDA else None,
+        "cuda_include_dirs": _cuda_include_dirs() if WITH_CUDA else None,
         "debug": DEBUG,
         "sanitize": SANITIZE,
     }

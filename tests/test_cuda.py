@@ -1,10 +1,24 @@
-"""The CUDA kernels of both layers against native torch on the GPU: parity (values and every gradient),
-gradcheck in float64, the modules, bad input, float16/bfloat16, determinism, no host synchronisation.
+"""Both layers on every device against native torch on the same device: parity (values and every gradient),
+gradcheck in float64, the modules, bad input, float16/bfloat16, determinism, no host synchronisation,
+out-of-range class indices, non-finite rows, and the shapes that reach each thread layout of the CUDA
+kernels (csrc/cuda/*.cu).
 
-Skipped when no GPU is present (the build-side check, that the CUDA kernels were compiled in, is
-tests/test_build_config.py and runs everywhere).
+Every test takes a `device`: "cpu" always runs, "cuda" is skipped without a GPU. The CPU run makes the same
+calls (argument lists, the ops' outputs unpacked, shapes, the comparisons), so this file cannot fall behind
+the ops while no GPU runs it; only the CUDA run checks the CUDA kernels. Direct op calls take their arguments
+from tests/op_args.py, the builders tests/test_opcheck.py also uses (it runs opcheck of every op on CUDA
+sample inputs too). More tests run on CUDA in tests/test_extreme.py (saturation, NaN and infinities, huge
+tensors past 2**31 elements) and tests/test_autocast.py.
+
+Shapes per CUDA layout: LinearSigmoid covers its (rows, cols) output with 256-thread blocks, at most 2048 of
+them per column block (the bias gradient then adds up to 2048 partials per column). Cross-entropy rows of up
+to 1024 classes share a warp (1 to 32 lanes per row: (6, 5), (5, 37)), longer rows get a block each (up to
+1024 threads past 8192 classes: (4, 1500), (3, 10000)); N-d inputs split each position's classes over up to
+128 threads ((3, 4, 5, 2): one thread per position; (2, 64, 3): 4; (2, 4096, 3): 128, 1024-thread blocks).
 """
+import contextlib
 import itertools
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,12 +29,18 @@ import torch.nn.functional as F
 from torch import nn
 
 import torch_manualbp
+from op_args import (
+    DEVICES,
+    linear_sigmoid_backward_args,
+    needs_gpu,
+    ops,
+    softmax_cross_entropy_backward_args,
+    softmax_cross_entropy_forward_args,
+)
 from torch_manualbp import functional as MF
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
-
-CUDA = "cuda"
 LOW_PRECISION = [torch.float16, torch.bfloat16]
+INF, NAN = float("inf"), float("nan")
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +50,20 @@ def _exact_float32_matmul():
     torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def no_host_sync(device):
+    """On CUDA: any host synchronisation inside raises. On the CPU there is nothing to synchronise with."""
+    if device != "cuda":
+        yield
+        return
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def assert_within_native_error(ours, native, exact, factor=2.0, floor=None):
@@ -56,42 +90,48 @@ LINEAR_CASES = [
     ((5,), 4, (4,)),
     ((2, 3, 6), 7, (7,)),
     ((8, 5), 3, (8, 3)),  # per-sample bias
+    ((8, 5), 3, (1, 3)),  # a bias (1, out): the fused bias gradient, in the bias's own shape
     ((8, 5), 3, (1, 1)),
-    ((2, 3, 6), 4, (3, 1)),
+    ((2, 3, 6), 4, (3, 1)),  # leading dims that do not collapse: row offsets from a division per row
     ((0, 5), 3, (3,)),  # empty batch
     ((300, 17), 200, (200,)),  # several column blocks, several row blocks
 ]
 
 
-def _make_linear(shape, out_features, bias_shape, dtype, requires_grad=True):
-    x = torch.randn(shape, device=CUDA, dtype=dtype, requires_grad=requires_grad)
-    w = torch.randn(out_features, shape[-1], device=CUDA, dtype=dtype, requires_grad=requires_grad)
+def _make_linear(shape, out_features, bias_shape, dtype, device, requires_grad=True):
+    x = torch.randn(shape, device=device, dtype=dtype, requires_grad=requires_grad)
+    w = torch.randn(out_features, shape[-1], device=device, dtype=dtype, requires_grad=requires_grad)
     b = None
     if bias_shape is not None:
-        b = torch.randn(bias_shape, device=CUDA, dtype=dtype, requires_grad=requires_grad)
+        b = torch.randn(bias_shape, device=device, dtype=dtype, requires_grad=requires_grad)
     return x, w, b
 
 
-@pytest.mark.parametrize("shape,out_features,bias_shape", LINEAR_CASES)
-def test_linear_sigmoid_matches_torch(shape, out_features, bias_shape):
-    x, w, b = _make_linear(shape, out_features, bias_shape, torch.float32)
+def _assert_linear_sigmoid_matches(x, w, b, grad, **tolerance):
+    """Output and the gradient of every input against native ops, for the upstream gradient `grad`."""
     y = MF.linear_sigmoid(x, w, b)
     ref = linear_sigmoid_reference(x, w, b)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
-    grad = torch.randn_like(ref)
+    torch.testing.assert_close(y, ref, **tolerance)
     inputs = [t for t in (x, w, b) if t is not None]
-    ours = torch.autograd.grad(y, inputs, grad)
-    theirs = torch.autograd.grad(ref, inputs, grad)
-    for a, e in zip(ours, theirs):
-        assert a.shape == e.shape
-        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(torch.autograd.grad(y, inputs, grad), torch.autograd.grad(ref, inputs, grad)):
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs, **tolerance)
 
 
-def test_linear_sigmoid_views_and_broadcast_grad():
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,out_features,bias_shape", LINEAR_CASES)
+def test_linear_sigmoid_matches_torch(shape, out_features, bias_shape, device):
+    x, w, b = _make_linear(shape, out_features, bias_shape, torch.float32, device)
+    grad = torch.randn(*shape[:-1], out_features, device=device)
+    _assert_linear_sigmoid_matches(x, w, b, grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_sigmoid_views_and_broadcast_grad(device):
     """Transposed input and a w.t() view as weight, and the zero-stride gradient of y.sum()."""
-    x = torch.randn(6, 9, device=CUDA).t().requires_grad_()  # (9, 6), non-contiguous
-    w_base = torch.randn(6, 4, device=CUDA, requires_grad=True)
-    b = torch.randn(4, device=CUDA, requires_grad=True)
+    x = torch.randn(6, 9, device=device).t().requires_grad_()  # (9, 6), non-contiguous
+    w_base = torch.randn(6, 4, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
     y = MF.linear_sigmoid(x, w_base.t(), b)
     ref = linear_sigmoid_reference(x, w_base.t(), b)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
@@ -101,28 +141,56 @@ def test_linear_sigmoid_views_and_broadcast_grad():
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["column stride 2", "transposed", "expanded along columns", "expanded along rows"])
+def test_linear_sigmoid_strided_upstream_gradient(layout, device):
+    """Upstream gradients whose columns are not contiguous: every way the backward reads dy."""
+    x, w, b = _make_linear((40, 6), 24, (24,), torch.float64, device)
+    grad = {
+        "column stride 2": lambda: torch.randn(40, 48, device=device, dtype=torch.float64)[:, ::2],
+        "transposed": lambda: torch.randn(24, 40, device=device, dtype=torch.float64).t(),
+        "expanded along columns": lambda: torch.randn(40, 1, device=device, dtype=torch.float64).expand(40, 24),
+        "expanded along rows": lambda: torch.randn(24, device=device, dtype=torch.float64).expand(40, 24),
+    }[layout]()
+    assert not grad.is_contiguous()
+    _assert_linear_sigmoid_matches(x, w, b, grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("out_features", [128, 200])
+def test_linear_sigmoid_bias_gradient_at_the_block_cap(out_features, device):
+    """20000 rows: on CUDA 2048 row blocks of one column block (128 columns) or 1024 of each of two (200),
+    the cap of the grid, so the bias gradient adds that many block partials per column."""
+    x, w, b = _make_linear((20000, 3), out_features, (out_features,), torch.float64, device)
+    grad = torch.randn(20000, out_features, device=device, dtype=torch.float64)
+    _assert_linear_sigmoid_matches(x, w, b, grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape,out_features,bias_shape", [c for c in LINEAR_CASES if c[0][0] != 300])
-def test_linear_sigmoid_gradcheck(shape, out_features, bias_shape):
-    x, w, b = _make_linear(shape, out_features, bias_shape, torch.float64)
+def test_linear_sigmoid_gradcheck(shape, out_features, bias_shape, device):
+    x, w, b = _make_linear(shape, out_features, bias_shape, torch.float64, device)
     inputs = tuple(t for t in (x, w, b) if t is not None)
     fn = (lambda x, w, b: MF.linear_sigmoid(x, w, b)) if b is not None else (lambda x, w: MF.linear_sigmoid(x, w))
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("needs", list(itertools.product([False, True], repeat=3))[1:])
-def test_linear_sigmoid_gradcheck_subsets(needs):
-    x, w, b = _make_linear((4, 3), 2, (2,), torch.float64, requires_grad=False)
+def test_linear_sigmoid_gradcheck_subsets(needs, device):
+    x, w, b = _make_linear((4, 3), 2, (2,), torch.float64, device, requires_grad=False)
     for t, need in zip((x, w, b), needs):
         t.requires_grad_(need)
     assert torch.autograd.gradcheck(MF.linear_sigmoid, (x, w, b))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("bias_shape", [(64,), (128, 64), None])
-def test_linear_sigmoid_low_precision(dtype, bias_shape):
-    x, w, b = _make_linear((128, 96), 64, bias_shape, dtype)
-    grad = torch.randn(128, 64, device=CUDA, dtype=dtype)
+def test_linear_sigmoid_low_precision(dtype, bias_shape, device):
+    x, w, b = _make_linear((128, 96), 64, bias_shape, dtype, device)
+    grad = torch.randn(128, 64, device=device, dtype=dtype)
     exact_inputs = [t.detach().double().requires_grad_() for t in (x, w, b) if t is not None]
     exact = linear_sigmoid_reference(*exact_inputs, *([None] if b is None else []))
     exact_grads = torch.autograd.grad(exact, exact_inputs, grad.double())
@@ -138,12 +206,13 @@ def test_linear_sigmoid_low_precision(dtype, bias_shape):
         assert_within_native_error(ours, theirs, e)
 
 
-def test_linear_sigmoid_module_matches_nn_linear():
-    ours = torch_manualbp.LinearSigmoid(20, 10).to(CUDA)
-    linear = nn.Linear(20, 10).to(CUDA)
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_sigmoid_module_matches_nn_linear(device):
+    ours = torch_manualbp.LinearSigmoid(20, 10).to(device)
+    linear = nn.Linear(20, 10).to(device)
     linear.load_state_dict(ours.state_dict())
-    x = torch.randn(32, 20, device=CUDA)
-    target = torch.rand(32, 10, device=CUDA)
+    x = torch.randn(32, 20, device=device)
+    target = torch.rand(32, 10, device=device)
     opt_ours = torch.optim.SGD(ours.parameters(), lr=0.5)
     opt_ref = torch.optim.SGD(linear.parameters(), lr=0.5)
     for _ in range(3):
@@ -154,13 +223,14 @@ def test_linear_sigmoid_module_matches_nn_linear():
         F.mse_loss(torch.sigmoid(linear(x)), target).backward()
         opt_ref.step()
     for p, q in zip(ours.parameters(), linear.parameters()):
-        assert p.is_cuda
+        assert p.device.type == device
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_linear_sigmoid_deterministic_and_inputs_untouched():
-    x, w, b = _make_linear((1000, 64), 48, (48,), torch.float32)
-    grad = torch.randn(1000, 48, device=CUDA)
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_sigmoid_deterministic_and_inputs_untouched(device):
+    x, w, b = _make_linear((1000, 64), 48, (48,), torch.float32, device)
+    grad = torch.randn(1000, 48, device=device)
     copies = [t.detach().clone() for t in (x, w, b, grad)]
     first = torch.autograd.grad(MF.linear_sigmoid(x, w, b), (x, w, b), grad)
     second = torch.autograd.grad(MF.linear_sigmoid(x, w, b), (x, w, b), grad)
@@ -170,56 +240,79 @@ def test_linear_sigmoid_deterministic_and_inputs_untouched():
         assert torch.equal(t, c)
 
 
-def test_linear_sigmoid_ops_do_not_synchronize():
-    x, w, b = _make_linear((64, 32), 16, (16,), torch.float32, requires_grad=False)
-    ops = torch.ops.torch_manualbp
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        y = ops.linear_sigmoid_forward(x, w, b)
-        ops.linear_sigmoid_backward(torch.ones_like(y), x, w, y, [16], [True, True, True])
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_sigmoid_ops_do_not_synchronize(device):
+    args = linear_sigmoid_backward_args(((64, 32), 16, (16,)), torch.float32, False, True, [True, True, True], device)
+    grad_output, input, weight, _, bias_sizes, output_mask = args
+    bias = torch.randn(bias_sizes, device=device)
+    with no_host_sync(device):
+        output = ops.linear_sigmoid_forward(input, weight, bias)
+        grads = ops.linear_sigmoid_backward(grad_output, input, weight, output, bias_sizes, output_mask)
+    assert [g.shape for g in grads] == [input.shape, weight.shape, bias.shape]
 
 
-@pytest.mark.parametrize(
-    "make,exc,fragment",
-    [
-        (lambda: (torch.randn(4, 3, device=CUDA), torch.randn(2, 3), None), RuntimeError, "same device"),
-        (lambda: (torch.randn(4, 3, device=CUDA), torch.randn(2, 3, device=CUDA), torch.randn(2)), RuntimeError, "same device"),
-        (lambda: (torch.randn(4, 3, device=CUDA), torch.randn(2, 3, device=CUDA).double(), None), RuntimeError, "same dtype"),
-        (lambda: (torch.randn(4, 3, device=CUDA), torch.randn(2, 4, device=CUDA), None), RuntimeError, "in_features"),
-        (lambda: (torch.randn(4, 3, device=CUDA), torch.randn(2, 3, device=CUDA), torch.randn(3, device=CUDA)), RuntimeError, "bias"),
-        (lambda: (torch.ones(4, 3, device=CUDA, dtype=torch.int64), torch.ones(2, 3, device=CUDA, dtype=torch.int64), None), TypeError, "floating-point"),
-    ],
-)
-def test_linear_sigmoid_bad_input(make, exc, fragment):
-    x, w, b = make()
+# (inputs on `device`, exception, message fragment)
+LINEAR_BAD_INPUT = [
+    (lambda d: (torch.randn(4, 3, device=d), torch.randn(2, 3, device=d).double(), None), RuntimeError, "same dtype"),
+    (lambda d: (torch.randn(4, 3, device=d), torch.randn(2, 4, device=d), None), RuntimeError, "in_features"),
+    (lambda d: (torch.randn(4, 3, device=d), torch.randn(2, 3, device=d), torch.randn(3, device=d)), RuntimeError, "bias"),
+    (lambda d: (torch.ones(4, 3, device=d, dtype=torch.int64), torch.ones(2, 3, device=d, dtype=torch.int64), None), TypeError, "floating-point"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("make,exc,fragment", LINEAR_BAD_INPUT)
+def test_linear_sigmoid_bad_input(make, exc, fragment, device):
+    x, w, b = make(device)
     with pytest.raises(exc, match=fragment):
         MF.linear_sigmoid(x, w, b)
 
 
+@needs_gpu
+@pytest.mark.parametrize("weight_device,bias_device", [("cpu", None), ("cuda", "cpu")])
+def test_linear_sigmoid_inputs_on_two_devices(weight_device, bias_device):
+    x = torch.randn(4, 3, device="cuda")
+    w = torch.randn(2, 3, device=weight_device)
+    b = None if bias_device is None else torch.randn(2, device=bias_device)
+    with pytest.raises(RuntimeError, match="same device"):
+        MF.linear_sigmoid(x, w, b)
+
+
 # ---- SoftmaxCrossEntropy -------------------------------------------------------------------------------
-# (input shape, class count in it) covering each kernel layout: one warp per row (C <= 1024), one block per
-# row (larger C), one thread per position (N-d input), and the unbatched (C,) input.
-CE_SHAPES = [(7,), (6, 5), (3, 4, 5, 2), (4, 1500), (5, 37)]
+# (input shape) covering each CUDA layout (see the module docstring) and the unbatched (C,) input.
+CE_SHAPES = [(7,), (6, 5), (5, 37), (4, 1500), (3, 4, 5, 2), (2, 64, 3)]
 
 
-def _ce_inputs(shape, kind, dtype, weighted, ignore_some):
+def _ce_inputs(shape, kind, dtype, weighted, ignore_some, device):
     class_dim = 0 if len(shape) == 1 else 1
     classes = shape[class_dim]
-    x = (3 * torch.randn(shape, device=CUDA, dtype=torch.float64)).to(dtype).requires_grad_()
+    x = (3 * torch.randn(shape, device=device, dtype=torch.float64)).to(dtype).requires_grad_()
     position_shape = shape[:class_dim] + shape[class_dim + 1:]
     if kind == "probability":
-        target = torch.rand(shape, device=CUDA, dtype=dtype).requires_grad_()
+        target = torch.rand(shape, device=device, dtype=dtype).requires_grad_()
         ignore_index = -100
     else:
-        target = torch.randint(0, classes, position_shape, device=CUDA)
+        target = torch.randint(0, classes, position_shape, device=device)
         ignore_index = 1 if ignore_some and position_shape else -100  # never ignore the only position
         if kind == "uint8":
             target = target.to(torch.uint8)
-    weight = torch.rand(classes, device=CUDA, dtype=dtype) + 0.5 if weighted else None
+    weight = torch.rand(classes, device=device, dtype=dtype) + 0.5 if weighted else None
     return x, target, weight, ignore_index
+
+
+def _assert_cross_entropy_matches(x, target, grad=None, tolerance=None, **kwargs):
+    """Loss and the gradients of the input (and of a probability target) against F.cross_entropy, NaN
+    where it has NaN."""
+    tolerance = tolerance or dict(rtol=1e-5, atol=1e-6)
+    loss = MF.softmax_cross_entropy(x, target, **kwargs)
+    # torch's own label-smoothing path gathers the weights with the target, which needs int64 indices.
+    ref = F.cross_entropy(x, target.long() if target.dtype == torch.uint8 else target, **kwargs)
+    torch.testing.assert_close(loss, ref, equal_nan=True, **tolerance)
+    grad = torch.randn_like(ref) if grad is None else grad
+    inputs = (x, target) if target.is_floating_point() else (x,)
+    for ours, theirs in zip(torch.autograd.grad(loss, inputs, grad), torch.autograd.grad(ref, inputs, grad)):
+        assert torch.equal(ours.isnan(), theirs.isnan())
+        torch.testing.assert_close(ours, theirs, equal_nan=True, **tolerance)
 
 
 CE_GRID = list(
@@ -227,26 +320,22 @@ CE_GRID = list(
 )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape,kind,reduction,smoothing,weighted", CE_GRID)
-def test_softmax_cross_entropy_matches_torch(shape, kind, reduction, smoothing, weighted):
-    x, target, weight, ignore_index = _ce_inputs(shape, kind, torch.float32, weighted, ignore_some=True)
-    kwargs = dict(weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing)
-    loss = MF.softmax_cross_entropy(x, target, **kwargs)
-    # torch's own label-smoothing path gathers the weights with the target, which needs int64 indices.
-    ref = F.cross_entropy(x, target.long() if kind == "uint8" else target, **kwargs)
-    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
-    grad = torch.randn_like(ref)
-    inputs = (x, target) if kind == "probability" else (x,)
-    for ours, theirs in zip(torch.autograd.grad(loss, inputs, grad), torch.autograd.grad(ref, inputs, grad)):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+def test_softmax_cross_entropy_matches_torch(shape, kind, reduction, smoothing, weighted, device):
+    x, target, weight, ignore_index = _ce_inputs(shape, kind, torch.float32, weighted, True, device)
+    _assert_cross_entropy_matches(
+        x, target, weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing
+    )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "shape,kind,reduction,smoothing,weighted",
-    [c for c in CE_GRID if c[0] != (4, 1500) and c[1] != "uint8"],
+    [c for c in CE_GRID if c[0] not in ((4, 1500), (2, 64, 3)) and c[1] != "uint8"],
 )
-def test_softmax_cross_entropy_gradcheck(shape, kind, reduction, smoothing, weighted):
-    x, target, weight, ignore_index = _ce_inputs(shape, kind, torch.float64, weighted, ignore_some=True)
+def test_softmax_cross_entropy_gradcheck(shape, kind, reduction, smoothing, weighted, device):
+    x, target, weight, ignore_index = _ce_inputs(shape, kind, torch.float64, weighted, True, device)
     kwargs = dict(weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing)
     if kind == "probability":
         assert torch.autograd.gradcheck(lambda x, t: MF.softmax_cross_entropy(x, t, **kwargs), (x, target))
@@ -254,9 +343,58 @@ def test_softmax_cross_entropy_gradcheck(shape, kind, reduction, smoothing, weig
         assert torch.autograd.gradcheck(lambda x: MF.softmax_cross_entropy(x, target, **kwargs), (x,))
 
 
-def test_softmax_cross_entropy_non_contiguous_and_broadcast_grad():
-    x = torch.randn(5, 8, 6, device=CUDA).permute(0, 2, 1).requires_grad_()  # (5, 6, 8), class dim strided
-    target = torch.randint(0, 6, (5, 8), device=CUDA)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["index", "probability"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("shape", [(3, 10000), (2, 4096, 3)], ids=["a block per row", "128 threads per position"])
+def test_softmax_cross_entropy_widest_blocks_float64(shape, reduction, kind, device):
+    """The 1024-thread blocks in float64, the kernels nearest the register limit, with every linear term
+    (probability targets, weights, label smoothing), against native float64."""
+    x, target, weight, _ = _ce_inputs(shape, kind, torch.float64, True, False, device)
+    _assert_cross_entropy_matches(
+        x, target, tolerance=dict(rtol=1e-10, atol=1e-12), weight=weight, reduction=reduction, label_smoothing=0.1
+    )
+
+
+def _rows_with_non_finite_logits(classes):
+    """Six positions of `classes` logits: masked classes (-inf), a NaN, a +inf, all -inf, +inf with -inf,
+    and plain; the special values at classes held by different threads of a position."""
+    x = torch.randn(6, classes, dtype=torch.float64) * 3
+    x[0, 1::3] = -INF
+    x[1, classes // 2] = NAN
+    x[2, classes - 1] = INF
+    x[3] = -INF
+    x[4, classes // 3], x[4, 0] = INF, -INF
+    return x
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("kind", ["index", "probability"])
+@pytest.mark.parametrize("layout", ["rows sharing a warp", "a block per row", "spatial"])
+def test_softmax_cross_entropy_non_finite_rows_in_every_layout(layout, kind, reduction, device):
+    """NaN loss and gradient for rows holding NaN or +inf or only -inf, -inf logits of probability targets,
+    exactly where torch has them, with the special values at classes of different threads of a position."""
+    classes = 3000 if layout == "a block per row" else 64
+    x = _rows_with_non_finite_logits(classes).float()
+    index = torch.tensor([0, 2, -100, 3, 5, 7])
+    probabilities = torch.rand(6, classes, dtype=torch.float64).softmax(1).float()
+    probabilities[0, 1::6] = 0  # zero mass on some masked classes: 0 * -inf, NaN in torch's loss
+    target = index if kind == "index" else probabilities
+    if layout == "spatial":  # the same positions as (N, C, S)
+        x = x.t().unsqueeze(0).contiguous()
+        target = index[None] if kind == "index" else probabilities.t().unsqueeze(0).contiguous()
+    x = x.to(device).requires_grad_()
+    target = target.to(device).requires_grad_(kind == "probability")
+    weight = torch.rand(classes, device=device) + 0.5
+    for smoothing, w in ((0.0, None), (0.2, weight)):
+        _assert_cross_entropy_matches(x, target, weight=w, reduction=reduction, label_smoothing=smoothing)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_cross_entropy_non_contiguous_and_broadcast_grad(device):
+    x = torch.randn(5, 8, 6, device=device).permute(0, 2, 1).requires_grad_()  # (5, 6, 8), class dim strided
+    target = torch.randint(0, 6, (5, 8), device=device)
     loss = MF.softmax_cross_entropy(x, target, reduction="none")
     ref = F.cross_entropy(x, target, reduction="none")
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
@@ -265,16 +403,17 @@ def test_softmax_cross_entropy_non_contiguous_and_broadcast_grad():
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_softmax_cross_entropy_all_ignored_and_empty(reduction):
-    x = torch.randn(4, 3, device=CUDA, requires_grad=True)
-    target = torch.full((4,), -100, device=CUDA)
+def test_softmax_cross_entropy_all_ignored_and_empty(reduction, device):
+    x = torch.randn(4, 3, device=device, requires_grad=True)
+    target = torch.full((4,), -100, device=device)
     torch.testing.assert_close(
         MF.softmax_cross_entropy(x, target, reduction=reduction),
         F.cross_entropy(x, target, reduction=reduction),
         equal_nan=True,
     )
-    empty = torch.randn(0, 3, device=CUDA)
+    empty = torch.randn(0, 3, device=device)
     torch.testing.assert_close(
         MF.softmax_cross_entropy(empty, target[:0], reduction=reduction),
         F.cross_entropy(empty, target[:0], reduction=reduction),
@@ -282,25 +421,22 @@ def test_softmax_cross_entropy_all_ignored_and_empty(reduction):
     )
 
 
-def test_softmax_cross_entropy_extreme_and_masked_logits():
-    x = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4], [0.0, -float("inf"), 2.0]], device=CUDA, requires_grad=True)
-    target = torch.tensor([1, 2, 0], device=CUDA)
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_cross_entropy_extreme_and_masked_logits(device):
+    x = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4], [0.0, -INF, 2.0]], device=device, requires_grad=True)
+    target = torch.tensor([1, 2, 0], device=device)
     for smoothing in (0.0, 0.1):
-        loss = MF.softmax_cross_entropy(x, target, reduction="none", label_smoothing=smoothing)
-        ref = F.cross_entropy(x, target, reduction="none", label_smoothing=smoothing)
-        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
-        (ours,) = torch.autograd.grad(loss.sum(), x)
-        (theirs,) = torch.autograd.grad(ref.sum(), x)
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
-    nan_row = torch.tensor([[0.0, float("nan"), 1.0]], device=CUDA)
-    assert MF.softmax_cross_entropy(nan_row, torch.tensor([0], device=CUDA)).isnan().all()
+        _assert_cross_entropy_matches(x, target, grad=torch.ones(3, device=device), reduction="none", label_smoothing=smoothing)
+    nan_row = torch.tensor([[0.0, NAN, 1.0]], device=device)
+    assert MF.softmax_cross_entropy(nan_row, torch.tensor([0], device=device)).isnan().all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("shape", [(64, 100), (8, 3000), (4, 10, 6, 5)])
 @pytest.mark.parametrize("kind", ["index", "probability"])
-def test_softmax_cross_entropy_low_precision(dtype, shape, kind):
-    x, target, weight, ignore_index = _ce_inputs(shape, kind, dtype, weighted=True, ignore_some=False)
+def test_softmax_cross_entropy_low_precision(dtype, shape, kind, device):
+    x, target, weight, ignore_index = _ce_inputs(shape, kind, dtype, True, False, device)
     kwargs = dict(weight=weight, reduction="none", label_smoothing=0.1)
     exact_x = x.detach().double().requires_grad_()
     exact_t = target.detach().double().requires_grad_() if kind == "probability" else target
@@ -319,21 +455,23 @@ def test_softmax_cross_entropy_low_precision(dtype, shape, kind):
         assert_within_native_error(ours, theirs, e)
 
 
-def test_softmax_cross_entropy_module_matches_nn():
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_cross_entropy_module_matches_nn(device):
     weight = torch.rand(5) + 0.5
-    ours = torch_manualbp.SoftmaxCrossEntropyLoss(weight=weight, ignore_index=2, label_smoothing=0.1).to(CUDA)
-    ref = nn.CrossEntropyLoss(weight=weight, ignore_index=2, label_smoothing=0.1).to(CUDA)
-    assert ours.weight.is_cuda
-    x = torch.randn(16, 5, 3, device=CUDA, requires_grad=True)
-    target = torch.randint(0, 5, (16, 3), device=CUDA)
+    ours = torch_manualbp.SoftmaxCrossEntropyLoss(weight=weight, ignore_index=2, label_smoothing=0.1).to(device)
+    ref = nn.CrossEntropyLoss(weight=weight, ignore_index=2, label_smoothing=0.1).to(device)
+    assert ours.weight.device.type == device
+    x = torch.randn(16, 5, 3, device=device, requires_grad=True)
+    target = torch.randint(0, 5, (16, 3), device=device)
     loss, expected = ours(x, target), ref(x, target)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.autograd.grad(loss, x)[0], torch.autograd.grad(expected, x)[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(3000, 50), (6, 5000), (64, 7, 33)])
-def test_softmax_cross_entropy_deterministic_and_inputs_untouched(shape):
-    x, target, weight, _ = _ce_inputs(shape, "index", torch.float32, weighted=True, ignore_some=False)
+def test_softmax_cross_entropy_deterministic_and_inputs_untouched(shape, device):
+    x, target, weight, _ = _ce_inputs(shape, "index", torch.float32, True, False, device)
     copies = [x.detach().clone(), target.clone()]
     runs = []
     for _ in range(2):
@@ -343,50 +481,91 @@ def test_softmax_cross_entropy_deterministic_and_inputs_untouched(shape):
     assert torch.equal(x, copies[0]) and torch.equal(target, copies[1])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["index", "probability"])
-def test_softmax_cross_entropy_ops_do_not_synchronize(kind):
-    x, target, weight, _ = _ce_inputs((32, 10), kind, torch.float32, weighted=True, ignore_some=False)
-    x, target = x.detach(), target.detach()
-    ops = torch.ops.torch_manualbp
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        loss, lse, norm = ops.softmax_cross_entropy_forward(x, target, weight, "mean", -100, 0.1)
-        ops.softmax_cross_entropy_backward(
-            torch.ones_like(loss), x, target, weight, lse, norm, "mean", -100, 0.1, [True, True]
+def test_softmax_cross_entropy_ops_do_not_synchronize(kind, device):
+    case = ((32, 10), kind, "mean", True, -100, 0.1)
+    args = softmax_cross_entropy_backward_args(case, torch.float32, False, True, [True, True], device)
+    _, input, target, weight, _, _, _, reduction, ignore_index, label_smoothing, output_mask = args
+    with no_host_sync(device):
+        loss, max_logit, log_sum, normalizer = ops.softmax_cross_entropy_forward(
+            input, target, weight, reduction, ignore_index, label_smoothing
         )
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+        grad_input, grad_target = ops.softmax_cross_entropy_backward(
+            torch.ones_like(loss), input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index,
+            label_smoothing, output_mask,
+        )
+    assert loss.shape == () and max_logit.shape == log_sum.shape == (32,) and normalizer.shape == ()
+    assert grad_input.shape == input.shape
+    assert grad_target.shape == (input.shape if kind == "probability" else (0,))
 
 
-@pytest.mark.parametrize(
-    "make,exc,fragment",
-    [
-        (lambda: (torch.randn(4, 3, device=CUDA), torch.zeros(4, device=CUDA, dtype=torch.int32), None), RuntimeError, "int64 or uint8"),
-        (lambda: (torch.randn(4, 3, device=CUDA), torch.zeros(5, device=CUDA, dtype=torch.int64), None), ValueError, "batch_size"),
-        (lambda: (torch.randn(4, 3, device=CUDA), torch.zeros(4, dtype=torch.int64), None), RuntimeError, "same device"),
-        (lambda: (torch.randn(4, 3, device=CUDA), torch.zeros(4, device=CUDA, dtype=torch.int64), torch.rand(4, device=CUDA)), RuntimeError, "weight"),
-        (lambda: (torch.ones(4, 3, device=CUDA, dtype=torch.int64), torch.zeros(4, device=CUDA, dtype=torch.int64), None), TypeError, "floating-point"),
-    ],
-)
-def test_softmax_cross_entropy_bad_input(make, exc, fragment):
-    x, target, weight = make()
+# (inputs on `device`, exception, message fragment)
+CE_BAD_INPUT = [
+    (lambda d: (torch.randn(4, 3, device=d), torch.zeros(4, device=d, dtype=torch.int32), None), RuntimeError, "int64 or uint8"),
+    (lambda d: (torch.randn(4, 3, device=d), torch.zeros(5, device=d, dtype=torch.int64), None), ValueError, "batch_size"),
+    (lambda d: (torch.randn(4, 3, device=d), torch.zeros(4, device=d, dtype=torch.int64), torch.rand(4, device=d)), RuntimeError, "weight"),
+    (lambda d: (torch.ones(4, 3, device=d, dtype=torch.int64), torch.zeros(4, device=d, dtype=torch.int64), None), TypeError, "floating-point"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("make,exc,fragment", CE_BAD_INPUT)
+def test_softmax_cross_entropy_bad_input(make, exc, fragment, device):
+    x, target, weight = make(device)
     with pytest.raises(exc, match=fragment):
         MF.softmax_cross_entropy(x, target, weight=weight)
 
 
-def test_softmax_cross_entropy_out_of_range_target_is_a_device_assert():
-    """An out-of-range class index stops the kernel (a device-side assert, as torch's own CUDA loss does)
-    instead of reading out of bounds. Run in a child process: the assert leaves its CUDA context unusable."""
-    script = textwrap.dedent(
-        """
-        import torch, torch_manualbp
-        x = torch.randn(4, 3, device="cuda")
-        loss = torch_manualbp.functional.softmax_cross_entropy(x, torch.tensor([0, 1, 7, 2], device="cuda"))
+@needs_gpu
+def test_softmax_cross_entropy_inputs_on_two_devices():
+    with pytest.raises(RuntimeError, match="same device"):
+        MF.softmax_cross_entropy(torch.randn(4, 3, device="cuda"), torch.zeros(4, dtype=torch.int64))
+
+
+# An out-of-range class index is never read: the CPU op raises IndexError; the CUDA kernels stop with a
+# device-side assert, as torch's own CUDA loss does, printing one message (one thread per position checks).
+# The CUDA run is a child process: the assert leaves its CUDA context unusable.
+OUT_OF_RANGE_SHAPES = {"rows sharing a warp": (4, 37), "a block per row": (2, 1500), "spatial": (2, 64, 3)}
+
+
+def call_with_out_of_range_target(layout, stage, device):
+    """The forward or the backward op with a class index past the last class at one position."""
+    shape = OUT_OF_RANGE_SHAPES[layout]
+    case = (shape, "index", "mean", False, -100, 0.0)
+    args = softmax_cross_entropy_backward_args(case, torch.float32, False, True, [True, False], device)
+    grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, smoothing, mask = args
+    target = target.clone()
+    target.view(-1)[1] = shape[1] + 3
+    if stage == "forward":
+        ops.softmax_cross_entropy_forward(input, target, weight, reduction, ignore_index, smoothing)
+    else:
+        ops.softmax_cross_entropy_backward(
+            grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, smoothing, mask
+        )
+    if device == "cuda":
         torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stage", ["forward", "backward"])
+@pytest.mark.parametrize("layout", list(OUT_OF_RANGE_SHAPES))
+def test_softmax_cross_entropy_out_of_range_target(layout, stage, device):
+    message = f"Target {OUT_OF_RANGE_SHAPES[layout][1] + 3} is out of bounds"
+    if device == "cpu":
+        with pytest.raises(IndexError, match=message):
+            call_with_out_of_range_target(layout, stage, device)
+        return
+    script = textwrap.dedent(
+        f"""
+        from test_cuda import call_with_out_of_range_target
+        call_with_out_of_range_target({layout!r}, {stage!r}, "cuda")
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=os.path.dirname(__file__)
+    )
     output = result.stdout + result.stderr
-    assert "device-side assert" in output or "Target 7 is out of bounds" in output, output[-2000:]
+    assert result.returncode != 0, output[-2000:]
+    assert "device-side assert" in output, output[-2000:]
+    assert output.count(message) == 1, output[-4000:]

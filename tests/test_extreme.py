@@ -1,16 +1,22 @@
 """Extreme inputs: saturated sigmoids, NaN and infinities, logits near the float maximum, empty batches,
-a single class / output, a million classes / outputs, and (marked slow) tensors past 2**31 elements."""
+a single class / output, a million classes / outputs, and (marked slow) tensors past 2**31 elements.
+
+Every test runs on the CPU and, where a GPU is present, again on CUDA: the `device` fixture makes CUDA the
+default device of the test's tensors (torch.device as a context), so the same lines test both."""
 import pytest
 import torch
 import torch.nn.functional as F
 
+from op_args import DEVICES
 from torch_manualbp.functional import linear_sigmoid, softmax_cross_entropy
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 INF, NAN = float("inf"), float("nan")
 
 
-def _mem_available_bytes():
+def _mem_available_bytes(device):
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0]
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
             if line.startswith("MemAvailable:"):
@@ -19,9 +25,34 @@ def _mem_available_bytes():
 
 
 def needs_memory(gib):
-    """Skip unless /proc/meminfo says that `gib` GiB are available (the only skip of this file)."""
-    available = _mem_available_bytes() / 2**30
-    return pytest.mark.skipif(available < gib, reason=f"needs {gib} GiB of free memory, {available:.1f} GiB available")
+    """The test runs only where its device has `gib` GiB free (host memory from /proc/meminfo, GPU memory
+    from the driver): the only skip of this file besides a missing GPU (the `device` fixture checks)."""
+
+    def mark(test):
+        test.memory_gib = gib
+        return test
+
+    return mark
+
+
+@pytest.fixture(autouse=True, params=DEVICES)
+def device(request):
+    """Each test on each device: CUDA as the default device of its tensors; on the CPU nothing changes."""
+    gib = getattr(request.function, "memory_gib", None)
+    if gib is not None:
+        available = _mem_available_bytes(request.param) / 2**30
+        if available < gib:
+            pytest.skip(f"needs {gib} GiB of free {request.param} memory, {available:.1f} GiB available")
+    if request.param == "cpu":
+        yield request.param
+        return
+    with torch.device(request.param):
+        yield request.param
+
+
+def _generator():
+    """A seeded generator of the default device (the CPU's unless the test runs on CUDA)."""
+    return torch.Generator(device=torch.get_default_device()).manual_seed(0)
 
 
 def _native_linear_sigmoid(x, weight, bias=None):
@@ -202,7 +233,7 @@ def test_cross_entropy_gradient_is_shift_invariant(offset, kind, layout):
     # lse = m + log s, 3e-4 off at logits ~1e4 and 0.4 at ~1e7; it now keeps m and log s apart). The
     # reference is float64 on the same float32 values; with probability targets also d loss / d target,
     # (1 - eps) w ((m - x) + log s), whose size grows with the offset: compared relative to it.
-    generator = torch.Generator().manual_seed(0)
+    generator = _generator()
     if offset == "float max":
         x = torch.tensor(NEAR_FLOAT_MAX_ROWS) * torch.finfo(torch.float32).max
     else:
@@ -312,7 +343,7 @@ def test_cross_entropy_single_class_matches_native(shape):
 
 @pytest.mark.parametrize("shape", [(4, 1_000_000), (2, 1_000_000, 3), (1_000_000,)], ids=str)
 def test_cross_entropy_a_million_classes_matches_native(shape):
-    generator = torch.Generator().manual_seed(0)
+    generator = _generator()
     x = torch.randn(shape, generator=generator) * 3
     classes = 1_000_000
     positions = shape[:1] + shape[2:] if len(shape) > 1 else ()
@@ -344,7 +375,7 @@ HUGE_ROWS, HUGE_OUT = 2**21 + 3, 1024
 def test_linear_sigmoid_past_2_31_elements():
     # float32 only: in bfloat16, ATen's own GEMM x @ W^T with in_features 1 takes ~6 minutes on AVX2.
     assert HUGE_ROWS * HUGE_OUT > 2**31
-    generator = torch.Generator().manual_seed(0)
+    generator = _generator()
     x = ((torch.arange(HUGE_ROWS) % 7 - 3) / 4)[:, None].requires_grad_()
     weight = torch.randn(HUGE_OUT, 1, generator=generator).requires_grad_()
     bias = torch.randn(HUGE_OUT, generator=generator).requires_grad_()
@@ -406,7 +437,7 @@ def _cross_entropy_reference(logits, target, weight, smoothing):
 def test_cross_entropy_rows_past_2_31_elements():
     rows, classes, smoothing = 2**21 + 3, 1024, 0.1
     assert rows * classes > 2**31
-    generator = torch.Generator().manual_seed(0)
+    generator = _generator()
     base = (torch.randn(7, classes, generator=generator) * 3).bfloat16()
     weight = (torch.rand(classes, generator=generator) + 0.5).bfloat16()
     row_kind = torch.arange(rows) % 7
@@ -436,7 +467,7 @@ def test_cross_entropy_rows_past_2_31_elements():
 def test_cross_entropy_spatial_past_2_31_elements():
     batch, classes, spatial, smoothing = 2, 4, 2**28 + 5, 0.2
     assert batch * classes * spatial > 2**31
-    generator = torch.Generator().manual_seed(0)
+    generator = _generator()
     base = (torch.randn(batch, classes, 7, generator=generator) * 3).bfloat16()
     weight = (torch.rand(classes, generator=generator) + 0.5).bfloat16()
     # Position (n, s): logits base[n, :, s % 7], target (s % 5 + n) % C: 35 kinds of position per n.

@@ -1,19 +1,23 @@
 """torch.library.opcheck on every registered op: the schema (no aliasing or mutation of inputs), the
 autograd registration, the fake kernels against the real ones, and AOTAutograd tracing with dynamic
-shapes. float32 and float64, with and without requires_grad, contiguous and not, empty batches.
+shapes. float32 and float64, with and without requires_grad, contiguous and not, empty batches; on the
+CPU, and on CUDA where a GPU is present (the same cases; the arguments from tests/op_args.py).
 
 The first three checks take milliseconds and run on the full product of cases and variants; the
 AOTAutograd check takes most of a second per call and runs on every case once, with the variants
 (dtype, requires_grad, contiguity, output_mask) rotating over the cases so that each one is covered.
 """
-import itertools
-
 import pytest
 import torch
 
-import torch_manualbp  # noqa: F401  (registers the ops)
-
-ops = torch.ops.torch_manualbp
+from op_args import (
+    DEVICES,
+    linear_sigmoid_backward_args,
+    linear_sigmoid_forward_args,
+    ops,
+    softmax_cross_entropy_backward_args,
+    softmax_cross_entropy_forward_args,
+)
 
 FAST_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor")
 AOT_CHECK = "test_aot_dispatch_dynamic"
@@ -25,15 +29,6 @@ VARIANTS = [
     (torch.float64, False, False),
 ]
 VARIANT_IDS = ["f32-nograd-contiguous", "f32-grad-strided", "f64-grad-contiguous", "f64-nograd-strided"]
-
-
-def _make(shape, dtype, requires_grad, contiguous=True):
-    """randn of this shape; not contiguous: a view with stride 2 along the last dim."""
-    tensor = torch.randn(shape, dtype=dtype)
-    if not contiguous and tensor.dim() > 0:
-        tensor = torch.randn(*shape[:-1], shape[-1] * 2, dtype=dtype)[..., ::2]
-        assert tensor.numel() == 0 or shape[-1] == 1 or not tensor.is_contiguous()
-    return tensor.requires_grad_(requires_grad)
 
 
 def _rotating(cases, *variant_lists):
@@ -52,63 +47,52 @@ LINEAR_SIGMOID_CASES = [
     ((0, 3), 5, (5,)),  # an empty batch
     ((2, 0, 3), 5, (5,)),
     ((4, 0), 5, (5,)),  # no input features: z = bias
+    ((2, 3, 4), 5, (3, 1)),  # a bias whose broadcast leading dims do not collapse into one
 ]
 OUTPUT_MASKS = [[True, True, True], [True, False, False], [False, True, True], [False, False, True]]
 
 
-def _linear_sigmoid_forward_args(case, dtype, requires_grad, contiguous):
-    input_shape, out_features, bias_shape = case
-    input = _make(input_shape, dtype, requires_grad, contiguous)
-    weight = _make((out_features, input_shape[-1]), dtype, requires_grad, contiguous)
-    bias = None if bias_shape is None else _make(bias_shape, dtype, requires_grad)
-    return input, weight, bias
-
-
-def _linear_sigmoid_backward_args(case, dtype, requires_grad, contiguous, output_mask):
-    input, weight, bias = _linear_sigmoid_forward_args(case, dtype, requires_grad, contiguous)
-    with torch.no_grad():
-        output = ops.linear_sigmoid_forward(input, weight, bias)
-    grad_output = _make(output.shape, dtype, requires_grad, contiguous)
-    bias_sizes = None if bias is None else list(bias.shape)
-    return (grad_output, input, weight, output.requires_grad_(requires_grad), bias_sizes, output_mask)
-
-
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("case", LINEAR_SIGMOID_CASES, ids=str)
-def test_linear_sigmoid_forward(case, variant):
-    args = _linear_sigmoid_forward_args(case, *variant)
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_sigmoid_forward(case, variant, device):
+    args = linear_sigmoid_forward_args(case, *variant, device=device)
     torch.library.opcheck(ops.linear_sigmoid_forward.default, args, test_utils=FAST_CHECKS)
 
 
 @pytest.mark.parametrize("output_mask", OUTPUT_MASKS, ids=str)
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("case", LINEAR_SIGMOID_CASES, ids=str)
-def test_linear_sigmoid_backward(case, variant, output_mask):
-    args = _linear_sigmoid_backward_args(case, *variant, output_mask)
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_sigmoid_backward(case, variant, output_mask, device):
+    args = linear_sigmoid_backward_args(case, *variant, output_mask, device=device)
     torch.library.opcheck(ops.linear_sigmoid_backward.default, args, test_utils=FAST_CHECKS)
 
 
 @pytest.mark.parametrize("case, variant", _rotating(LINEAR_SIGMOID_CASES, VARIANTS), ids=str)
-def test_linear_sigmoid_forward_aot(case, variant):
-    args = _linear_sigmoid_forward_args(case, *variant)
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_sigmoid_forward_aot(case, variant, device):
+    args = linear_sigmoid_forward_args(case, *variant, device=device)
     torch.library.opcheck(ops.linear_sigmoid_forward.default, args, test_utils=AOT_CHECK)
 
 
 @pytest.mark.parametrize(
     "case, variant, output_mask", _rotating(LINEAR_SIGMOID_CASES, VARIANTS, OUTPUT_MASKS[:3]), ids=str
 )
-def test_linear_sigmoid_backward_aot(case, variant, output_mask):
-    args = _linear_sigmoid_backward_args(case, *variant, output_mask)
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_sigmoid_backward_aot(case, variant, output_mask, device):
+    args = linear_sigmoid_backward_args(case, *variant, output_mask, device=device)
     torch.library.opcheck(ops.linear_sigmoid_backward.default, args, test_utils=AOT_CHECK)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_linear_sigmoid_backward_broadcast_grad_output(dtype):
+def test_linear_sigmoid_backward_broadcast_grad_output(dtype, device):
     """A grad_output that broadcasts to the output (e.g. the expanded gradient of a sum)."""
-    input, weight, bias = _linear_sigmoid_forward_args(((4, 3), 5, (5,)), dtype, True, True)
+    input, weight, bias = linear_sigmoid_forward_args(((4, 3), 5, (5,)), dtype, True, True, device)
     with torch.no_grad():
         output = ops.linear_sigmoid_forward(input, weight, bias)
-    grad_output = torch.randn(5, dtype=dtype, requires_grad=True)
+    grad_output = torch.randn(5, dtype=dtype, device=device, requires_grad=True)
     args = (grad_output, input, weight, output.requires_grad_(), [5], [True, True, True])
     torch.library.opcheck(ops.linear_sigmoid_backward.default, args)
 
@@ -128,67 +112,40 @@ SOFTMAX_CROSS_ENTROPY_CASES = [
     ((0, 5), "index", "sum", False, -100, 0.0),  # an empty batch
     ((0, 5), "probability", "none", True, -100, 0.0),
     ((2, 5, 0), "index", "none", False, -100, 0.0),
+    ((3, 1500), "probability", "mean", True, -100, 0.1),  # CUDA: a block per row
+    ((2, 64, 3), "index", "sum", True, -100, 0.1),  # CUDA: each position's classes split over threads
 ]
 CE_OUTPUT_MASKS = [[True, True], [True, False], [False, True], [False, False]]
 
 
-def _softmax_cross_entropy_forward_args(case, dtype, requires_grad, contiguous):
-    shape, kind, reduction, has_weight, ignore_index, label_smoothing = case
-    class_dim = 0 if len(shape) == 1 else 1
-    classes = shape[class_dim]
-    positions = [size for dim, size in enumerate(shape) if dim != class_dim]
-    # Strided along the class dim (the dim the kernels run along): made last, strided, moved back.
-    input = _make((*positions, classes), dtype, False, contiguous).movedim(-1, class_dim)
-    input = input.detach().requires_grad_(requires_grad)
-    if kind == "probability":
-        target = torch.rand(input.shape, dtype=dtype).softmax(class_dim).requires_grad_(requires_grad)
-    else:
-        target = torch.randint(0, classes, positions, dtype=torch.uint8 if kind == "uint8" else torch.int64)
-        if target.numel() > 0 and ignore_index >= 0:
-            target.view(-1)[0] = ignore_index
-    weight = torch.rand(classes, dtype=dtype) + 0.5 if has_weight else None
-    return input, target, weight, reduction, ignore_index, label_smoothing
-
-
-def _softmax_cross_entropy_backward_args(case, dtype, requires_grad, contiguous, output_mask):
-    input, target, weight, reduction, ignore_index, label_smoothing = _softmax_cross_entropy_forward_args(
-        case, dtype, requires_grad, contiguous
-    )
-    with torch.no_grad():
-        loss, max_logit, log_sum, normalizer = ops.softmax_cross_entropy_forward(
-            input, target, weight, reduction, ignore_index, label_smoothing
-        )
-    grad_loss = torch.randn(loss.shape, dtype=dtype, requires_grad=requires_grad)
-    return (
-        grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing,
-        output_mask,
-    )
-
-
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("case", SOFTMAX_CROSS_ENTROPY_CASES, ids=str)
-def test_softmax_cross_entropy_forward(case, variant):
-    args = _softmax_cross_entropy_forward_args(case, *variant)
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_cross_entropy_forward(case, variant, device):
+    args = softmax_cross_entropy_forward_args(case, *variant, device=device)
     torch.library.opcheck(ops.softmax_cross_entropy_forward.default, args, test_utils=FAST_CHECKS)
 
 
 @pytest.mark.parametrize("output_mask", CE_OUTPUT_MASKS, ids=str)
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("case", SOFTMAX_CROSS_ENTROPY_CASES, ids=str)
-def test_softmax_cross_entropy_backward(case, variant, output_mask):
-    args = _softmax_cross_entropy_backward_args(case, *variant, output_mask)
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_cross_entropy_backward(case, variant, output_mask, device):
+    args = softmax_cross_entropy_backward_args(case, *variant, output_mask, device=device)
     torch.library.opcheck(ops.softmax_cross_entropy_backward.default, args, test_utils=FAST_CHECKS)
 
 
 @pytest.mark.parametrize("case, variant", _rotating(SOFTMAX_CROSS_ENTROPY_CASES, VARIANTS), ids=str)
-def test_softmax_cross_entropy_forward_aot(case, variant):
-    args = _softmax_cross_entropy_forward_args(case, *variant)
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_cross_entropy_forward_aot(case, variant, device):
+    args = softmax_cross_entropy_forward_args(case, *variant, device=device)
     torch.library.opcheck(ops.softmax_cross_entropy_forward.default, args, test_utils=AOT_CHECK)
 
 
 @pytest.mark.parametrize(
     "case, variant, output_mask", _rotating(SOFTMAX_CROSS_ENTROPY_CASES, VARIANTS, CE_OUTPUT_MASKS[:3]), ids=str
 )
-def test_softmax_cross_entropy_backward_aot(case, variant, output_mask):
-    args = _softmax_cross_entropy_backward_args(case, *variant, output_mask)
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_cross_entropy_backward_aot(case, variant, output_mask, device):
+    args = softmax_cross_entropy_backward_args(case, *variant, output_mask, device=device)
     torch.library.opcheck(ops.softmax_cross_entropy_backward.default, args, test_utils=AOT_CHECK)

@@ -3,13 +3,14 @@
 // Forward: one cuBLAS GEMM (through ATen) writes z = x @ W^T into the output buffer, then one hand-written
 // kernel turns it into y = sigmoid(z + b) in place. Saved for backward: x, W, y.
 // Backward: one kernel computes dz = dy * y * (1 - y) and, for a bias (out,), per-block column sums of dz;
-// a second kernel adds the blocks' sums in a fixed order (no float atomics: bitwise reproducible); then
-// dW = dz^T @ x and dx = dz @ W through ATen (cuBLAS).
+// a second kernel adds the blocks' sums by a fixed tree per column (no float atomics: bitwise
+// reproducible); then dW = dz^T @ x and dx = dz @ W through ATen (cuBLAS).
 //
 // Both kernels cover the (rows, cols) output with blocks of kThreads threads shaped (tile_cols, tile_rows):
 // a thread owns one column and walks rows with a fixed stride, so that a bias (out,) is read once per
 // thread, a column sum stays in a register, and no index is divided per element. Consecutive threads
-// touch consecutive columns (coalesced).
+// touch consecutive columns (coalesced). Every kernel is launched with kThreads threads per block, its
+// __launch_bounds__ (tools/cuda_resources.py checks the registers of every build against it).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -20,6 +21,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 
 #include "unrequested_output.h"
 #include "cpu/row_map.h"
@@ -40,6 +42,10 @@ constexpr int kMaxTileCols = 128;
 // the order of the bias-gradient sums is the same on every run and every GPU.
 constexpr int64_t kMinRowsPerThread = 4;
 constexpr int64_t kMaxBlocks = 2048;
+// The final bias-gradient sum: columns per block, and slices of the block partials per column (each
+// slice a run of at most kMaxBlocks / kSumSlices partials, then a tree over the slices).
+constexpr int kSumColumns = 8;
+constexpr int kSumSlices = kThreads / kSumColumns;
 
 struct ColumnTiling {
   dim3 grid;
@@ -58,45 +64,71 @@ ColumnTiling column_tiling(int64_t rows, int64_t cols) {
           dim3(static_cast<unsigned>(tile_cols), static_cast<unsigned>(tile_rows))};
 }
 
-// Where row r of a broadcast matrix starts. The coalesced leading dims multiply to the row count, so with
-// one dim (the common contiguous or per-sample case) the row index needs no division.
-__device__ __forceinline__ int64_t row_start(const RowMap& map, int64_t row) {
-  return map.ndim == 1 ? row * map.strides[0] : map.offset(row);
+// How a kernel finds where row r of a broadcast matrix (RowMap) starts: kFlat, rows at a fixed stride
+// (one coalesced leading dim, or none: r * strides[0]); kNested, leading dims that do not collapse (a
+// bias (3, 1) on an output (2, 3, 4)): RowMap::offset, whose divisions run once per row of a block, by
+// the row's first thread, not once per element.
+enum class RowAccess { kFlat, kNested };
+
+RowAccess row_access(const RowMap& map) {
+  return map.ndim <= 1 ? RowAccess::kFlat : RowAccess::kNested;
 }
 
-// sigmoid(z) without overflow: e = exp(-|z|) lies in (0, 1], and
-//   sigmoid(z) = 1 / (1 + e)  for z >= 0,      e / (1 + e)  for z < 0
-// (the CPU kernels' formula, csrc/cpu/vec_helpers.h). NaN stays NaN.
+// Calls body(r, start of row r in `map`) for the rows of this thread: threadIdx.y + blockIdx.y *
+// blockDim.y, then every gridDim.y * blockDim.y rows. kNested syncs the block, so every thread of the
+// block must call it (threads past the last column too).
+template <RowAccess kAccess, typename Body>
+__device__ __forceinline__ void for_each_row(const RowMap& map, int64_t rows, const Body& body) {
+  const int64_t row_step = static_cast<int64_t>(gridDim.y) * blockDim.y;
+  const int64_t block_first = blockIdx.y * static_cast<int64_t>(blockDim.y);
+  if constexpr (kAccess == RowAccess::kFlat) {
+    for (int64_t r = block_first + threadIdx.y; r < rows; r += row_step) body(r, r * map.strides[0]);
+  } else {
+    __shared__ int64_t row_starts[kThreads];
+    for (int64_t first = block_first; first < rows; first += row_step) {  // the same trips for the whole block
+      const int64_t r = first + threadIdx.y;
+      __syncthreads();  // every thread has read the previous rows' starts
+      if (threadIdx.x == 0 && r < rows) row_starts[threadIdx.y] = map.offset(r);
+      __syncthreads();
+      if (r < rows) body(r, row_starts[threadIdx.y]);
+    }
+  }
+}
+
+// sigmoid(z) = 1 / (1 + exp(-z)), torch's own CUDA formula in the same type (opmath: float for float16 and
+// bfloat16), so y is bitwise torch.sigmoid of the same z: exactly 0 where exp(-z) overflows (z below
+// about -88.7 in float), 1 where it underflows; NaN stays NaN. The CPU kernel computes the same formula
+// (csrc/cpu/vec_helpers.h, sigmoid_like_torch).
 template <typename acc_t>
-__device__ __forceinline__ acc_t stable_sigmoid(acc_t z) {
-  const acc_t e = exp_of(-(z < acc_t(0) ? -z : z));
-  const acc_t upper = acc_t(1) / (acc_t(1) + e);
-  return z < acc_t(0) ? e * upper : upper;
+__device__ __forceinline__ acc_t sigmoid(acc_t z) {
+  return acc_t(1) / (acc_t(1) + exp_of(-z));
 }
 
 // How the forward reads the bias: none, one row shared by every output row (bias (out,), (1, out), (1, 1)),
-// or a row per output row (per-sample (N, out), ...), located through the RowMap.
+// or a row per output row (per-sample (N, out), ...) located through the RowMap.
 enum class BiasLayout { kNone, kSharedRow, kPerRow };
 
 // ---- forward epilogue ---------------------------------------------------------------------------------
 // out[r, c] = sigmoid(out[r, c] + bias(r, c)) in place over the contiguous (rows, cols) GEMM output,
 // computed in acc_t (float for bfloat16/float16).
-template <typename scalar_t, BiasLayout layout>
-__global__ void bias_sigmoid_kernel(scalar_t* out, int64_t rows, int64_t cols, RowMap bias) {
+template <typename scalar_t, BiasLayout kLayout, RowAccess kAccess>
+__global__ void __launch_bounds__(kThreads) bias_sigmoid_kernel(scalar_t* out, int64_t rows, int64_t cols, RowMap bias) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (c >= cols) return;
+  const bool in_range = c < cols;
   const scalar_t* bias_data = static_cast<const scalar_t*>(bias.data);
   const int64_t bias_col = c * bias.col_stride;
   acc_t shared_bias = acc_t(0);
-  if constexpr (layout == BiasLayout::kSharedRow) shared_bias = static_cast<acc_t>(bias_data[bias_col]);
-  const int64_t row_step = static_cast<int64_t>(gridDim.y) * blockDim.y;
-  for (int64_t r = blockIdx.y * static_cast<int64_t>(blockDim.y) + threadIdx.y; r < rows; r += row_step) {
+  if constexpr (kLayout == BiasLayout::kSharedRow) {
+    if (in_range) shared_bias = static_cast<acc_t>(bias_data[bias_col]);
+  }
+  for_each_row<kAccess>(bias, rows, [&](int64_t r, int64_t bias_row) {
+    if (!in_range) return;
     const int64_t i = r * cols + c;
     acc_t b = shared_bias;
-    if constexpr (layout == BiasLayout::kPerRow) b = static_cast<acc_t>(bias_data[row_start(bias, r) + bias_col]);
-    out[i] = static_cast<scalar_t>(stable_sigmoid(static_cast<acc_t>(out[i]) + b));
-  }
+    if constexpr (kLayout == BiasLayout::kPerRow) b = static_cast<acc_t>(bias_data[bias_row + bias_col]);
+    out[i] = static_cast<scalar_t>(sigmoid(static_cast<acc_t>(out[i]) + b));
+  });
 }
 
 // ---- backward elementwise pass + bias-gradient partial sums -------------------------------------------
@@ -105,50 +137,62 @@ __global__ void bias_sigmoid_kernel(scalar_t* out, int64_t rows, int64_t cols, R
 //   dz[r, c] = dy[r, c] * y[r, c] * (1 - y[r, c])            (chain rule, elementwise; dy read through its
 //                                                             broadcast strides, e.g. zero-stride from y.sum())
 //   db[c]    = sum_r dz[r, c]                                  (bias (out,) broadcast along the rows)
-// Each thread keeps the sum of its own rows of column c in acc_t; the block adds its threads' sums in
-// threadIdx.y order and writes one partial per (blockIdx.y, c) to block_sums (nullptr: no bias gradient).
-template <typename scalar_t>
-__global__ void sigmoid_backward_kernel(
+// Each thread keeps the sum of its own rows of column c in acc_t; the block adds its threads' sums by a
+// fixed tree over threadIdx.y and writes one partial per (blockIdx.y, c) to block_sums (nullptr: no bias
+// gradient).
+template <typename scalar_t, RowAccess kAccess>
+__global__ void __launch_bounds__(kThreads) sigmoid_backward_kernel(
     scalar_t* grad_z, RowMap grad_out, const scalar_t* y, int64_t rows, int64_t cols,
     at::opmath_type<scalar_t>* block_sums) {
   using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t thread_sums[kThreads];
+  __shared__ acc_t scratch[kThreads];
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const bool in_range = c < cols;
+  const scalar_t* dy_data = static_cast<const scalar_t*>(grad_out.data);
+  const int64_t dy_col = c * grad_out.col_stride;
   acc_t column_sum = acc_t(0);
-  if (in_range) {
-    const scalar_t* dy_data = static_cast<const scalar_t*>(grad_out.data);
-    const int64_t dy_col = c * grad_out.col_stride;
-    const int64_t row_step = static_cast<int64_t>(gridDim.y) * blockDim.y;
-    for (int64_t r = blockIdx.y * static_cast<int64_t>(blockDim.y) + threadIdx.y; r < rows; r += row_step) {
-      const int64_t i = r * cols + c;
-      const acc_t dy = static_cast<acc_t>(dy_data[row_start(grad_out, r) + dy_col]);
-      const acc_t yv = static_cast<acc_t>(y[i]);
-      const acc_t dz = dy * yv * (acc_t(1) - yv);
-      grad_z[i] = static_cast<scalar_t>(dz);
-      column_sum += dz;
-    }
-  }
-  if (block_sums == nullptr) return;  // the same for the whole block: no thread is left at the barrier
-  thread_sums[threadIdx.y * blockDim.x + threadIdx.x] = column_sum;
-  __syncthreads();
-  if (threadIdx.y == 0 && in_range) {
-    acc_t total = acc_t(0);
-    for (unsigned ty = 0; ty < blockDim.y; ++ty) total += thread_sums[ty * blockDim.x + threadIdx.x];
-    block_sums[blockIdx.y * cols + c] = total;
-  }
+  for_each_row<kAccess>(grad_out, rows, [&](int64_t r, int64_t dy_row) {
+    if (!in_range) return;
+    const int64_t i = r * cols + c;
+    const acc_t dy = static_cast<acc_t>(dy_data[dy_row + dy_col]);
+    const acc_t yv = static_cast<acc_t>(y[i]);
+    const acc_t dz = dy * yv * (acc_t(1) - yv);
+    grad_z[i] = static_cast<scalar_t>(dz);
+    column_sum += dz;
+  });
+  if (block_sums == nullptr) return;  // the same for the whole block: no thread is left at a barrier
+  const acc_t total = cuda::tree_reduce_y(column_sum, scratch, cuda::Plus{});
+  if (threadIdx.y == 0 && in_range) block_sums[blockIdx.y * cols + c] = total;
 }
 
-// db[c] = sum over blocks b, in order, of block_sums[b, c]; written in the bias's dtype.
+// db[c] = the sum over blocks b of block_sums[b, c], in the bias's dtype: a (kSumColumns, kSumSlices)
+// block, slice y adding the partials of a contiguous run of blocks in order, then a fixed tree over the
+// slices (the same additions on every run; no chain longer than kMaxBlocks / kSumSlices).
 template <typename scalar_t>
-__global__ void sum_block_columns_kernel(
+__global__ void __launch_bounds__(kThreads) sum_block_columns_kernel(
     const at::opmath_type<scalar_t>* block_sums, int64_t blocks, int64_t cols, scalar_t* grad_bias) {
   using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t scratch[kThreads];
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (c >= cols) return;
-  acc_t total = acc_t(0);
-  for (int64_t b = 0; b < blocks; ++b) total += block_sums[b * cols + c];
-  grad_bias[c] = static_cast<scalar_t>(total);
+  const int64_t run = (blocks + blockDim.y - 1) / blockDim.y;
+  const int64_t begin = threadIdx.y * run;
+  const int64_t end = std::min(blocks, begin + run);
+  acc_t partial = acc_t(0);
+  if (c < cols) {
+    for (int64_t b = begin; b < end; ++b) partial += block_sums[b * cols + c];
+  }
+  const acc_t total = cuda::tree_reduce_y(partial, scratch, cuda::Plus{});
+  if (threadIdx.y == 0 && c < cols) grad_bias[c] = static_cast<scalar_t>(total);
+}
+
+// Calls launch(std::integral_constant<RowAccess, access>) for a runtime RowAccess.
+template <typename Launch>
+void for_row_access(RowAccess access, const Launch& launch) {
+  if (access == RowAccess::kFlat) {
+    launch(std::integral_constant<RowAccess, RowAccess::kFlat>{});
+  } else {
+    launch(std::integral_constant<RowAccess, RowAccess::kNested>{});
+  }
 }
 
 // ---- ops ----------------------------------------------------------------------------------------------
@@ -170,21 +214,23 @@ at::Tensor linear_sigmoid_forward_cuda(
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "linear_sigmoid_forward_cuda", [&] {
     scalar_t* data = out.mutable_data_ptr<scalar_t>();
+    auto launch = [&](auto kernel) {
+      kernel<<<tiling.grid, tiling.block, 0, stream>>>(data, shape.rows, shape.out_features, bias_map);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
     switch (layout) {
       case BiasLayout::kNone:
-        bias_sigmoid_kernel<scalar_t, BiasLayout::kNone>
-            <<<tiling.grid, tiling.block, 0, stream>>>(data, shape.rows, shape.out_features, bias_map);
+        launch(bias_sigmoid_kernel<scalar_t, BiasLayout::kNone, RowAccess::kFlat>);
         break;
       case BiasLayout::kSharedRow:
-        bias_sigmoid_kernel<scalar_t, BiasLayout::kSharedRow>
-            <<<tiling.grid, tiling.block, 0, stream>>>(data, shape.rows, shape.out_features, bias_map);
+        launch(bias_sigmoid_kernel<scalar_t, BiasLayout::kSharedRow, RowAccess::kFlat>);
         break;
       case BiasLayout::kPerRow:
-        bias_sigmoid_kernel<scalar_t, BiasLayout::kPerRow>
-            <<<tiling.grid, tiling.block, 0, stream>>>(data, shape.rows, shape.out_features, bias_map);
+        for_row_access(row_access(bias_map), [&](auto access) {
+          launch(bias_sigmoid_kernel<scalar_t, BiasLayout::kPerRow, decltype(access)::value>);
+        });
         break;
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out.view(shape.output_sizes);
 }
@@ -219,13 +265,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_sigmoid_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "linear_sigmoid_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       acc_t* sums = fuse_bias ? block_sums.mutable_data_ptr<acc_t>() : nullptr;
-      sigmoid_backward_kernel<scalar_t><<<tiling.grid, tiling.block, 0, stream>>>(
-          grad_z.mutable_data_ptr<scalar_t>(), grad_out_map, y.const_data_ptr<scalar_t>(), shape.rows,
-          shape.out_features, sums);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      for_row_access(row_access(grad_out_map), [&](auto access) {
+        sigmoid_backward_kernel<scalar_t, decltype(access)::value><<<tiling.grid, tiling.block, 0, stream>>>(
+            grad_z.mutable_data_ptr<scalar_t>(), grad_out_map, y.const_data_ptr<scalar_t>(), shape.rows,
+            shape.out_features, sums);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
       if (fuse_bias) {
-        const unsigned col_blocks = static_cast<unsigned>(ceil_div(shape.out_features, kThreads));
-        sum_block_columns_kernel<scalar_t><<<col_blocks, kThreads, 0, stream>>>(
+        const unsigned col_blocks = static_cast<unsigned>(ceil_div(shape.out_features, kSumColumns));
+        sum_block_columns_kernel<scalar_t><<<col_blocks, dim3(kSumColumns, kSumSlices), 0, stream>>>(
             sums, static_cast<int64_t>(tiling.grid.y), shape.out_features, fused_grad_bias.mutable_data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }

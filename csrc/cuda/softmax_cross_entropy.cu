@@ -1,23 +1,25 @@
 // SoftmaxCrossEntropy on CUDA: the CPU op's math and semantics (derivation above the ops in
-// csrc/softmax_cross_entropy.cpp), in the same letters:
-//   x the logits of one position, m = max_c x_c, s = sum_c exp(x_c - m), lse = m + log s,
-//   a_c the coefficients of the linear term, A = sum_c a_c, lin = sum_c a_c (x_c - m),
-//   index targets:        loss = (1 - eps) w_t ((m - x_t) + log s) + (eps / C) (A log s - lin),  a_c = w_c
-//   probability targets:  loss = A log s - lin,  a_c = w_c q_c,  q_c = (1 - eps) p_c + eps / C
-// (without label smoothing the index loss is only its first term; without weight w_c = 1).
+// csrc/softmax_cross_entropy.cpp). The math of one position (its statistics, loss and gradient) is
+// cuda/cross_entropy_position.cuh; this file decides which threads visit which classes, merges what the
+// threads of a position found, and launches.
 //
 // The input is read as a contiguous (outer, classes, inner) array, one position per (outer, inner) pair.
-// A position's classes are visited by a group of threads:
-//   kWarp   inner == 1, C <= kWarpRowMaxClasses: one warp per row, kRowsPerBlock rows per block;
-//   kBlock  inner == 1, larger C: one block per row;
-//   kThread inner > 1 (N, C, d1, ...): one thread per position looping over the classes, so that
-//           consecutive threads read consecutive positions (coalesced, untransposed).
+// A position's classes are visited by a group of threads, in one of three layouts:
+//   kRowLanes  inner == 1, C <= kRowLanesMaxClasses: `lanes` consecutive lanes of a warp per row (a power
+//              of two, 1 to 32, about kMinClassesPerLane classes each), so a warp holds 32 / lanes rows;
+//              merged with shuffles inside the lane group;
+//   kRowBlock  inner == 1, larger C: one block per row, merged with shuffles and across warps;
+//   kSpatial   inner > 1 (N, C, d1, ...): 2-D blocks, x over consecutive positions (coalesced reads of the
+//              untransposed (N, C, H, W)), y over class lanes that split each position's classes (class
+//              y, y + blockDim.y, ...), merged by a fixed tree over y in shared memory. The class split is
+//              chosen from the shape alone: enough threads to fill a large GPU when positions are few.
 // Forward: each thread keeps online statistics (m, s, A, lin) of its classes in one pass, the group
-// merges them with shuffles (and shared memory across warps), and the group's first thread writes m, log s and
-// the loss. 'mean' / 'sum': each block adds its positions' losses in a fixed order into one partial, and a
-// one-block kernel adds the partials in order: no float atomics, the same bits on every run.
-// Backward: one read of x (and p) and one write of the gradient per position.
-// All arithmetic is in acc_t: float for float32, bfloat16 and float16, double for float64. No host sync.
+// merges them, and the group's leader writes m, log s and the loss. 'mean' / 'sum': each block adds its
+// positions' losses in a fixed order into one partial, and a one-block kernel adds the partials in order,
+// in double: no float atomics, the same bits on every run.
+// Backward: one read of x (and p) and one write of the gradient per element.
+// No host sync. The launch never exceeds a kernel's __launch_bounds__ (max_threads of its layout): the
+// registers of every build, debug included, fit the block (tools/cuda_resources.py checks the cubins).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -26,235 +28,105 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <climits>
-#include <limits>
+#include <type_traits>
 
 #include "unrequested_output.h"
+#include "cuda/cross_entropy_position.cuh"
 #include "cuda/device_helpers.cuh"
 #include "softmax_cross_entropy_args.h"
 
 namespace torch_manualbp {
 namespace {
 
-using cuda::block_sum;
-using cuda::ceil_div;
-using cuda::exp_of;
+using cuda::BackwardArgs;
+using cuda::CrossEntropyProblem;
 using cuda::kWarpSize;
-using cuda::log_of;
+using cuda::PositionLoss;
+using cuda::RowStats;
 
-constexpr int64_t kWarpRowMaxClasses = 1024;
-constexpr int kRowsPerBlock = 8;  // kWarp: warps (rows) per block
-constexpr int kThreadsPerBlock = kRowsPerBlock * kWarpSize;
-constexpr int kMaxBlockThreads = 1024;
+enum class Layout { kRowLanes, kRowBlock, kSpatial };
+
+constexpr int64_t kRowLanesMaxClasses = 1024;
+constexpr int64_t kMinClassesPerLane = 4;        // kRowLanes: lanes per row grow until each has at most this many
+constexpr int kRowLanesThreads = 256;            // kRowLanes: threads per block
+constexpr int kRowBlockMinThreads = 128;         // kRowBlock: threads per block grow from here...
+constexpr int64_t kRowBlockClassesPerThread = 8;  // ...while each thread would have more classes than this
+constexpr int kSpatialThreads = 256;             // kSpatial: threads per block when the class split allows
+constexpr int kSpatialMinPositions = 8;          // kSpatial: positions per block at least (8 floats: a 32-byte sector)
+constexpr int kSpatialMaxClassLanes = 128;       // kSpatial: class lanes per position at most
+constexpr int64_t kSpatialMinClassesPerLane = 8;
+constexpr int64_t kFillThreads = int64_t(1) << 18;  // about the resident threads of a 132-SM GPU
 constexpr int kFinishThreads = 1024;
 
-enum class Group { kThread, kWarp, kBlock };
+// The most threads per block each layout is launched with: the kernels' __launch_bounds__.
+constexpr int max_threads(Layout layout) {
+  return layout == Layout::kRowLanes ? kRowLanesThreads : 1024;
+}
+static_assert(kSpatialMinPositions * kSpatialMaxClassLanes <= max_threads(Layout::kSpatial));
+static_assert(kSpatialThreads <= max_threads(Layout::kSpatial));
 
-template <typename acc_t>
-constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
-template <typename acc_t>
-constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
+// Shared memory a layout's group reduction needs, in values: a tree over the whole block (kSpatial), one
+// value per warp (kRowBlock), none (kRowLanes).
+constexpr int group_scratch(Layout layout) {
+  return layout == Layout::kSpatial ? max_threads(layout) : layout == Layout::kRowBlock ? kWarpSize : 1;
+}
 
-// One problem as the kernels read it (kernel argument, by value).
-template <typename scalar_t>
-struct Problem {
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* input;        // contiguous (outer, classes, inner)
-  const int64_t* class_target;  // index targets: contiguous (outer, inner); else nullptr
-  const scalar_t* prob_target;  // probability targets: like input; else nullptr
-  const acc_t* weight;          // (classes,) or nullptr
-  int64_t classes;
-  int64_t inner;
-  int64_t positions;
-  int64_t ignore_index;
-  acc_t keep;      // 1 - eps
-  acc_t smooth;    // eps / C
-  bool smoothing;  // eps > 0: index targets get the class-weight linear term
-
-  __device__ acc_t class_weight(int64_t c) const { return weight != nullptr ? weight[c] : acc_t(1); }
-};
-
-// Where a thread works: its position, the element of class 0 there, the distance from one class to the
-// next, and which classes it visits (first, first + step, ...). The leader writes the position's results.
+// Where a thread works: its position (valid: one that exists), the element of class 0 there, the distance
+// from one class to the next, and which classes it visits (first, first + step, ...). The leader (one
+// thread per position) writes the position's results.
 struct Placement {
   int64_t position;
   int64_t base;
   int64_t class_stride;
   int64_t first_class;
   int64_t class_step;
+  bool valid;
   bool leader;
 };
 
-template <Group kGroup>
-__device__ __forceinline__ Placement place_thread(int64_t classes, int64_t inner) {
+template <Layout kLayout, typename scalar_t>
+__device__ __forceinline__ Placement place_thread(const CrossEntropyProblem<scalar_t>& pb, int lanes) {
   Placement here;
-  if constexpr (kGroup == Group::kThread) {
-    here.position = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    const int64_t n = here.position / inner;
-    here.base = n * classes * inner + (here.position - n * inner);
-    here.class_stride = inner;
-    here.first_class = 0;
-    here.class_step = 1;
-    here.leader = true;
-  } else if constexpr (kGroup == Group::kWarp) {
-    here.position = blockIdx.x * static_cast<int64_t>(blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
-    here.base = here.position * classes;
+  if constexpr (kLayout == Layout::kRowLanes) {
+    const int rows_per_block = static_cast<int>(blockDim.x) / lanes;
+    here.position = blockIdx.x * static_cast<int64_t>(rows_per_block) + threadIdx.x / lanes;
+    here.base = here.position * pb.classes;
     here.class_stride = 1;
-    here.first_class = threadIdx.x % kWarpSize;
-    here.class_step = kWarpSize;
-    here.leader = threadIdx.x % kWarpSize == 0;
-  } else {
+    here.first_class = threadIdx.x % lanes;
+    here.class_step = lanes;
+    here.leader = here.first_class == 0;
+  } else if constexpr (kLayout == Layout::kRowBlock) {
     here.position = blockIdx.x;
-    here.base = here.position * classes;
+    here.base = here.position * pb.classes;
     here.class_stride = 1;
     here.first_class = threadIdx.x;
     here.class_step = blockDim.x;
     here.leader = threadIdx.x == 0;
+  } else {
+    here.position = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    const int64_t n = here.position / pb.inner;
+    here.base = n * pb.classes * pb.inner + (here.position - n * pb.inner);
+    here.class_stride = pb.inner;
+    here.first_class = threadIdx.y;
+    here.class_step = blockDim.y;
+    here.leader = threadIdx.y == 0;
   }
+  here.valid = here.position < pb.positions;
   return here;
 }
 
-// The sum of `value` over the threads of one position's group (every thread gets it).
-template <Group kGroup, typename T>
-__device__ __forceinline__ T group_sum(T value, T* scratch) {
-  if constexpr (kGroup == Group::kWarp) return cuda::warp_sum(value);
-  if constexpr (kGroup == Group::kBlock) return block_sum(value, scratch);
-  return value;
-}
-
-// The linear coefficient a_c of class c (element e): w_c q_c for probability targets, w_c otherwise.
-template <typename scalar_t, bool kProbability>
-__device__ __forceinline__ at::opmath_type<scalar_t> linear_coef(const Problem<scalar_t>& pb, int64_t e, int64_t c) {
-  using acc_t = at::opmath_type<scalar_t>;
-  if constexpr (kProbability) {
-    return (pb.keep * static_cast<acc_t>(pb.prob_target[e]) + pb.smooth) * pb.class_weight(c);
-  } else {
-    return pb.class_weight(c);
-  }
+// combine over the threads of one position's group; every thread of the block must call it (threads of
+// positions past the end take part with `identity`), and every thread gets its group's result.
+template <Layout kLayout, typename T, typename Combine>
+__device__ __forceinline__ T group_reduce(T value, T identity, int lanes, T* scratch, const Combine& combine) {
+  if constexpr (kLayout == Layout::kRowLanes) return cuda::lanes_reduce(value, lanes, combine);
+  if constexpr (kLayout == Layout::kRowBlock) return cuda::block_reduce(value, identity, scratch, combine);
+  if constexpr (kLayout == Layout::kSpatial) return cuda::tree_reduce_y(value, scratch, combine);
 }
 
 // ---- forward --------------------------------------------------------------------------------------------
-// Online statistics of some of a position's logits: max m, s = sum exp(x - m), A = sum a, lin = sum a (x - m).
-// When the max grows from m to m', s is rescaled by exp(m - m') and lin shifted by -A (m' - m), so each
-// logit is read and exponentiated once. A NaN logit makes m NaN and the row non-finite (its loss is NaN, as
-// torch's); a -inf logit adds exactly 0 to s (a masked class) and a (-inf) to lin.
-template <typename acc_t>
-struct RowStats {
-  acc_t max;
-  acc_t sum_exp;
-  acc_t coef_sum;
-  acc_t linear;
-};
-
-template <typename acc_t>
-__device__ __forceinline__ RowStats<acc_t> no_logits() {
-  return {-kInf<acc_t>, acc_t(0), acc_t(0), acc_t(0)};
-}
-
-template <typename acc_t>
-__device__ __forceinline__ void add_logit(RowStats<acc_t>& st, acc_t x, acc_t a, bool linear) {
-  if (x > st.max) {
-    st.sum_exp = st.sum_exp * exp_of(st.max - x) + acc_t(1);
-    if (linear && st.max > -kInf<acc_t>) st.linear -= st.coef_sum * (x - st.max);
-    st.max = x;
-  } else if (x != x) {
-    st.max = x;
-  } else if (x > -kInf<acc_t>) {
-    st.sum_exp += exp_of(x - st.max);
-  }
-  if (linear) {
-    st.linear += a * (x > -kInf<acc_t> ? x - st.max : x);
-    st.coef_sum += a;
-  }
-}
-
-// s and lin of `part` re-expressed against the merged max m (unchanged when part.max is m, or -inf: then
-// part holds no finite logit and s is 0).
-template <typename acc_t>
-__device__ __forceinline__ acc_t rescaled_sum(const RowStats<acc_t>& part, acc_t m) {
-  return part.max == m ? part.sum_exp : part.sum_exp * exp_of(part.max - m);
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t shifted_linear(const RowStats<acc_t>& part, acc_t m) {
-  return (part.max == m || !(part.max > -kInf<acc_t>)) ? part.linear : part.linear - part.coef_sum * (m - part.max);
-}
-
-template <typename acc_t>
-__device__ __forceinline__ RowStats<acc_t> merge(const RowStats<acc_t>& a, const RowStats<acc_t>& b, bool linear) {
-  RowStats<acc_t> out;
-  out.max = cuda::nan_max(a.max, b.max);
-  out.sum_exp = rescaled_sum(a, out.max) + rescaled_sum(b, out.max);
-  out.coef_sum = linear ? a.coef_sum + b.coef_sum : acc_t(0);
-  out.linear = linear ? shifted_linear(a, out.max) + shifted_linear(b, out.max) : acc_t(0);
-  return out;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ RowStats<acc_t> warp_merge(RowStats<acc_t> st, bool linear) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    const RowStats<acc_t> other{
-        __shfl_xor_sync(0xffffffffu, st.max, offset), __shfl_xor_sync(0xffffffffu, st.sum_exp, offset),
-        __shfl_xor_sync(0xffffffffu, st.coef_sum, offset), __shfl_xor_sync(0xffffffffu, st.linear, offset)};
-    st = merge(st, other, linear);
-  }
-  return st;
-}
-
-// Every thread of the group gets the statistics of all the group's logits.
-template <Group kGroup, typename acc_t>
-__device__ __forceinline__ RowStats<acc_t> group_merge(RowStats<acc_t> st, bool linear, RowStats<acc_t>* scratch) {
-  if constexpr (kGroup == Group::kThread) return st;
-  st = warp_merge(st, linear);
-  if constexpr (kGroup == Group::kBlock) {
-    const int lane = threadIdx.x % kWarpSize;
-    const int warp = threadIdx.x / kWarpSize;
-    if (lane == 0) scratch[warp] = st;
-    __syncthreads();
-    if (warp == 0) {
-      st = warp_merge(lane < static_cast<int>(blockDim.x / kWarpSize) ? scratch[lane] : no_logits<acc_t>(), linear);
-      if (lane == 0) scratch[0] = st;
-    }
-    __syncthreads();
-    st = scratch[0];
-  }
-  return st;
-}
-
-template <typename acc_t>
-struct PositionLoss {
-  acc_t loss;
-  acc_t weight;  // the position's share of the 'mean' normalizer
-};
-
-// m, log s and the loss of one position from its statistics; ignored index targets give 0 and weigh
-// nothing. Non-finite rows store m in both (so that m + log s is their lse: NaN, +inf or -inf).
-template <typename scalar_t, bool kProbability>
-__device__ PositionLoss<at::opmath_type<scalar_t>> finish_position(
-    const Problem<scalar_t>& pb, const RowStats<at::opmath_type<scalar_t>>& st, const Placement& here,
-    at::opmath_type<scalar_t>* max_logit, at::opmath_type<scalar_t>* log_sum_out) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const bool finite = st.max > -kInf<acc_t> && st.max < kInf<acc_t>;  // false for NaN
-  const acc_t log_sum = log_of(st.sum_exp);
-  max_logit[here.position] = st.max;
-  log_sum_out[here.position] = finite ? log_sum : st.max;
-  if constexpr (kProbability) {
-    if (pb.classes == 0) return {acc_t(0), acc_t(1)};
-    return {finite ? st.coef_sum * log_sum - st.linear : kNaN<acc_t>, acc_t(1)};
-  } else {
-    const int64_t t = pb.class_target[here.position];
-    if (t == pb.ignore_index) return {acc_t(0), acc_t(0)};
-    CUDA_KERNEL_ASSERT_PRINTF(
-        t >= 0 && t < pb.classes, "softmax_cross_entropy: Target %lld is out of bounds (classes: %lld).",
-        static_cast<long long>(t), static_cast<long long>(pb.classes));
-    const acc_t w_t = pb.class_weight(t);
-    if (!finite) return {kNaN<acc_t>, w_t};
-    const acc_t nll = (st.max - static_cast<acc_t>(pb.input[here.base + t * here.class_stride])) + log_sum;
-    if (!pb.smoothing) return {w_t * nll, w_t};
-    return {pb.keep * w_t * nll + pb.smooth * (st.coef_sum * log_sum - st.linear), w_t};
-  }
-}
-
 template <typename scalar_t>
 struct ForwardOutputs {
   using acc_t = at::opmath_type<scalar_t>;
@@ -265,183 +137,143 @@ struct ForwardOutputs {
   acc_t* block_weight;  // per block partial normalizer weights, with block_loss
 };
 
-template <typename scalar_t, bool kProbability, Group kGroup>
-__global__ void forward_kernel(Problem<scalar_t> pb, ForwardOutputs<scalar_t> out) {
+template <typename scalar_t, bool kProbability, Layout kLayout>
+__global__ void __launch_bounds__(max_threads(kLayout))
+    forward_kernel(CrossEntropyProblem<scalar_t> pb, ForwardOutputs<scalar_t> out, int lanes) {
   using acc_t = at::opmath_type<scalar_t>;
-  __shared__ RowStats<acc_t> stats_scratch[kWarpSize];
+  __shared__ RowStats<acc_t> stats_scratch[group_scratch(kLayout)];
   __shared__ acc_t sum_scratch[kWarpSize];
-  const Placement here = place_thread<kGroup>(pb.classes, pb.inner);
-  const bool linear = kProbability || pb.smoothing;
+  const Placement here = place_thread<kLayout>(pb, lanes);
+  RowStats<acc_t> st = cuda::no_logits<acc_t>();
+  if (here.valid) {
+    st = cuda::class_stats<kProbability>(pb, here.base, here.class_stride, here.first_class, here.class_step);
+  }
+  const cuda::MergeStats<acc_t> merge_stats{pb.template has_linear_term<kProbability>()};
+  st = group_reduce<kLayout>(st, cuda::no_logits<acc_t>(), lanes, stats_scratch, merge_stats);
   PositionLoss<acc_t> result{acc_t(0), acc_t(0)};
-  if (here.position < pb.positions) {  // the same for a whole warp (kWarp) or block (kBlock)
-    RowStats<acc_t> st = no_logits<acc_t>();
-#pragma unroll 4
-    for (int64_t c = here.first_class; c < pb.classes; c += here.class_step) {
-      const int64_t e = here.base + c * here.class_stride;
-      add_logit(st, static_cast<acc_t>(pb.input[e]), linear ? linear_coef<scalar_t, kProbability>(pb, e, c) : acc_t(0), linear);
-    }
-    st = group_merge<kGroup>(st, linear, stats_scratch);
-    if (here.leader) {
-      result = finish_position<scalar_t, kProbability>(pb, st, here, out.max_logit, out.log_sum);
-      if (out.loss != nullptr) out.loss[here.position] = static_cast<scalar_t>(result.loss);
-    }
+  if (here.valid && here.leader) {
+    result = cuda::finish_position<kProbability>(
+        pb, st, here.position, here.base, here.class_stride, out.max_logit, out.log_sum);
+    if (out.loss != nullptr) out.loss[here.position] = static_cast<scalar_t>(result.loss);
   }
   if (out.block_loss == nullptr) return;  // the same for the whole grid
-  // The block's positions in thread order (non-leaders add exactly 0).
-  const acc_t block_loss = block_sum(here.leader ? result.loss : acc_t(0), sum_scratch);
-  const acc_t block_weight = block_sum(here.leader ? result.weight : acc_t(0), sum_scratch);
-  if (threadIdx.x == 0) {
+  // The block's positions in thread order (everyone but the leaders adds exactly 0).
+  const acc_t block_loss = cuda::block_sum(result.loss, sum_scratch);
+  const acc_t block_weight = cuda::block_sum(result.weight, sum_scratch);
+  if (cuda::flat_thread_index() == 0) {
     out.block_loss[blockIdx.x] = block_loss;
     out.block_weight[blockIdx.x] = block_weight;
   }
 }
 
-// The reduced loss and the normalizer from the blocks' partials, added in block order by one block:
+// The reduced loss and the normalizer from the blocks' partials, added in block order by one block, in
+// double whatever the dtype (as the CPU op: the total of many positions keeps its precision):
 //   'sum': loss = sum, normalizer 1;  'mean': loss = sum / normalizer with the normalizer the total weight of
 //   the non-ignored index targets (all ignored: 0 / 0 = NaN, as torch) or `count_normalizer` (probability
 //   targets: the number of positions, 0 when there are no classes).
 template <typename scalar_t>
-__global__ void finish_reduction_kernel(
+__global__ void __launch_bounds__(kFinishThreads) finish_reduction_kernel(
     const at::opmath_type<scalar_t>* block_loss, const at::opmath_type<scalar_t>* block_weight, int64_t blocks,
     bool mean, bool weight_normalized, at::opmath_type<scalar_t> count_normalizer, scalar_t* loss,
     at::opmath_type<scalar_t>* normalizer) {
   using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t scratch[kWarpSize];
-  acc_t loss_sum = acc_t(0), weight_sum = acc_t(0);
+  __shared__ double scratch[kWarpSize];
+  double loss_sum = 0, weight_sum = 0;
   for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x) {
     loss_sum += block_loss[b];
     weight_sum += block_weight[b];
   }
-  loss_sum = block_sum(loss_sum, scratch);
-  weight_sum = block_sum(weight_sum, scratch);
+  loss_sum = cuda::block_sum(loss_sum, scratch);
+  weight_sum = cuda::block_sum(weight_sum, scratch);
   if (threadIdx.x == 0) {
-    const acc_t norm = !mean ? acc_t(1) : (weight_normalized ? weight_sum : count_normalizer);
+    const acc_t norm = !mean ? acc_t(1) : (weight_normalized ? static_cast<acc_t>(weight_sum) : count_normalizer);
     normalizer[0] = norm;
-    loss[0] = static_cast<scalar_t>(mean ? loss_sum / norm : loss_sum);
+    const acc_t total = static_cast<acc_t>(loss_sum);
+    loss[0] = static_cast<scalar_t>(mean ? total / norm : total);
   }
 }
 
 // ---- backward -------------------------------------------------------------------------------------------
-// Every loss above is  loss = sum_c a_c (lse - x_c)  with a_c independent of x, and d lse / d x_j = y_j
-// (the softmax), so the softmax Jacobian times the cross-entropy gradient collapses to
-//   d loss / d x_j = sum_c a_c (y_j - [c == j]) = y_j A - a_j,       y_j = exp(x_j - m) / s
-//   index:        A = (1 - eps) w_t + (eps / C) W,   a_j = (eps / C) w_j + (1 - eps) w_t [j == t]
-//   probability:  A = sum_c w_c q_c,                 a_j = w_j q_j
-//   d loss / d p_j = (1 - eps) w_j ((m - x_j) + log s)                  (probability targets, via q_j)
-// times g = grad_loss (of the position, or the one value) / normalizer. y is exp(x - m) times A g / s
-// (x - m is exact where y is not negligible: full precision at any logit offset). Ignored positions get
-// 0; a non-finite m (NaN, +inf or an all -inf row) gives NaN, as torch's log_softmax backward does.
-template <typename scalar_t>
-struct BackwardArgs {
+// The gradient of each element from the per-position factors (cross_entropy_position.cuh); probability
+// targets first sum A = sum_c a_c over the group.
+template <typename scalar_t, bool kProbability, Layout kLayout>
+__global__ void __launch_bounds__(max_threads(kLayout))
+    backward_kernel(CrossEntropyProblem<scalar_t> pb, BackwardArgs<scalar_t> bw, int lanes) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* grad_loss;  // per position (grad_per_position) or one value
-  bool grad_per_position;
-  const acc_t* max_logit;   // per position: m
-  const acc_t* log_sum;     // per position: log s
-  const acc_t* normalizer;  // one value
-  const acc_t* weight_sum;  // W = sum_c w_c (index targets with weight and label smoothing), or nullptr
-  scalar_t* grad_input;     // like input, or nullptr
-  scalar_t* grad_target;    // like input (probability targets), or nullptr
-};
-
-template <typename scalar_t, bool kProbability, Group kGroup>
-__global__ void backward_kernel(Problem<scalar_t> pb, BackwardArgs<scalar_t> bw) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t sum_scratch[kWarpSize];
-  const Placement here = place_thread<kGroup>(pb.classes, pb.inner);
-  if (here.position >= pb.positions) return;  // the same for a whole warp (kWarp) or block (kBlock)
-  const acc_t m = bw.max_logit[here.position];
-  const acc_t log_s = bw.log_sum[here.position];
-  if (!(m > -kInf<acc_t> && m < kInf<acc_t>)) {
-    for (int64_t c = here.first_class; c < pb.classes; c += here.class_step) {
-      const int64_t e = here.base + c * here.class_stride;
-      if (bw.grad_input != nullptr) bw.grad_input[e] = static_cast<scalar_t>(kNaN<acc_t>);
-      if (bw.grad_target != nullptr) bw.grad_target[e] = static_cast<scalar_t>(kNaN<acc_t>);
-    }
-    return;
-  }
-  const acc_t g = static_cast<acc_t>(bw.grad_loss[bw.grad_per_position ? here.position : 0]) / bw.normalizer[0];
-  const acc_t inv_s = acc_t(1) / exp_of(log_s);
-
-  if constexpr (!kProbability) {
-    const int64_t t = pb.class_target[here.position];
-    if (t == pb.ignore_index) {
-      if (bw.grad_input == nullptr) return;
+  const Placement here = place_thread<kLayout>(pb, lanes);
+  acc_t coef_sum = acc_t(0);
+  if constexpr (kProbability) {
+    __shared__ acc_t sum_scratch[group_scratch(kLayout)];
+    if (here.valid) {
       for (int64_t c = here.first_class; c < pb.classes; c += here.class_step) {
-        bw.grad_input[here.base + c * here.class_stride] = static_cast<scalar_t>(acc_t(0));
+        coef_sum += pb.template linear_coef<true>(here.base + c * here.class_stride, c);
       }
-      return;
     }
-    CUDA_KERNEL_ASSERT_PRINTF(
-        t >= 0 && t < pb.classes, "softmax_cross_entropy_backward: Target %lld is out of bounds (classes: %lld).",
-        static_cast<long long>(t), static_cast<long long>(pb.classes));
-    if (bw.grad_input == nullptr) return;
-    const acc_t w_t = pb.class_weight(t);
-    const acc_t total_weight = bw.weight_sum != nullptr ? bw.weight_sum[0] : static_cast<acc_t>(pb.classes);
-    const acc_t gA_s = g * (pb.keep * w_t + (pb.smoothing ? pb.smooth * total_weight : acc_t(0))) * inv_s;
-    const acc_t g_smooth = pb.smoothing ? g * pb.smooth : acc_t(0);
-    const acc_t target_term = g * pb.keep * w_t;
+    coef_sum = group_reduce<kLayout>(coef_sum, acc_t(0), lanes, sum_scratch, cuda::Plus{});
+  }
+  if (!here.valid) return;  // after the group's reduction: every thread took part
+  const cuda::PositionGradient<acc_t> pg = cuda::position_gradient<kProbability>(pb, bw, here.position, coef_sum, here.leader);
 #pragma unroll 4
-    for (int64_t c = here.first_class; c < pb.classes; c += here.class_step) {
-      const int64_t e = here.base + c * here.class_stride;
-      const acc_t e_xm = exp_of(static_cast<acc_t>(pb.input[e]) - m);  // s y
-      acc_t grad = e_xm * gA_s - g_smooth * pb.class_weight(c);
-      if (c == t) grad -= target_term;
-      bw.grad_input[e] = static_cast<scalar_t>(grad);
+  for (int64_t c = here.first_class; c < pb.classes; c += here.class_step) {
+    const int64_t e = here.base + c * here.class_stride;
+    const acc_t x = pb.logit(e);
+    if (bw.grad_input != nullptr) {
+      bw.grad_input[e] = static_cast<scalar_t>(cuda::grad_input_element<kProbability>(pb, pg, x, e, c));
     }
-  } else {
-    acc_t coef_sum = acc_t(0);
-    for (int64_t c = here.first_class; c < pb.classes; c += here.class_step) {
-      coef_sum += linear_coef<scalar_t, true>(pb, here.base + c * here.class_stride, c);
-    }
-    const acc_t gA_s = g * group_sum<kGroup>(coef_sum, sum_scratch) * inv_s;
-    const acc_t g_keep = g * pb.keep;
-#pragma unroll 4
-    for (int64_t c = here.first_class; c < pb.classes; c += here.class_step) {
-      const int64_t e = here.base + c * here.class_stride;
-      const acc_t x = static_cast<acc_t>(pb.input[e]);
-      if (bw.grad_input != nullptr) {
-        bw.grad_input[e] = static_cast<scalar_t>(exp_of(x - m) * gA_s - g * linear_coef<scalar_t, true>(pb, e, c));
-      }
-      if (bw.grad_target != nullptr) {
-        bw.grad_target[e] = static_cast<scalar_t>(g_keep * pb.class_weight(c) * ((m - x) + log_s));
-      }
+    if constexpr (kProbability) {
+      if (bw.grad_target != nullptr) bw.grad_target[e] = static_cast<scalar_t>(cuda::grad_target_element(pb, pg, x, c));
     }
   }
 }
 
 // ---- launch ---------------------------------------------------------------------------------------------
 struct LaunchPlan {
-  Group group;
+  Layout layout;
   int64_t blocks;  // 0 when there are no positions
-  int threads;
+  dim3 block;
+  int lanes;  // kRowLanes: lanes per row
 };
 
+// The layout and launch of a shape; a function of the shape alone (never of the GPU), so that the order
+// of every reduction, and so the result, is the same on every GPU.
 LaunchPlan plan_launch(const SoftmaxCrossEntropyShape& shape) {
   LaunchPlan plan;
   const int64_t positions = shape.positions();
+  const int64_t classes = shape.classes;
   if (shape.inner > 1) {
-    plan = {Group::kThread, ceil_div(positions, kThreadsPerBlock), kThreadsPerBlock};
-  } else if (shape.classes <= kWarpRowMaxClasses) {
-    plan = {Group::kWarp, ceil_div(positions, kRowsPerBlock), kThreadsPerBlock};
+    // Split each position's classes over more lanes while the grid is short of kFillThreads and each lane
+    // keeps kSpatialMinClassesPerLane classes; the block keeps kSpatialThreads threads while it can.
+    int class_lanes = 1;
+    while (class_lanes < kSpatialMaxClassLanes && positions * class_lanes < kFillThreads &&
+           2 * class_lanes * kSpatialMinClassesPerLane <= classes) {
+      class_lanes *= 2;
+    }
+    const int position_lanes = std::max(kSpatialMinPositions, kSpatialThreads / class_lanes);
+    plan = {Layout::kSpatial, cuda::ceil_div(positions, position_lanes),
+            dim3(static_cast<unsigned>(position_lanes), static_cast<unsigned>(class_lanes)), 1};
+  } else if (classes <= kRowLanesMaxClasses) {
+    int lanes = 1;
+    while (lanes < kWarpSize && lanes * kMinClassesPerLane < classes) lanes *= 2;
+    plan = {Layout::kRowLanes, cuda::ceil_div(positions, kRowLanesThreads / lanes), dim3(kRowLanesThreads), lanes};
   } else {
-    int threads = 128;
-    while (threads < kMaxBlockThreads && threads * 8 < shape.classes) threads *= 2;
-    plan = {Group::kBlock, positions, threads};
+    int threads = kRowBlockMinThreads;
+    while (threads < max_threads(Layout::kRowBlock) && threads * kRowBlockClassesPerThread < classes) threads *= 2;
+    plan = {Layout::kRowBlock, positions, dim3(static_cast<unsigned>(threads)), 1};
   }
   TORCH_CHECK(
-      plan.blocks <= INT_MAX, "softmax_cross_entropy: ", positions, " positions of ", shape.classes,
+      plan.blocks <= INT_MAX, "softmax_cross_entropy: ", positions, " positions of ", classes,
       " classes are too many for one CUDA grid");
+  TORCH_INTERNAL_ASSERT(static_cast<int>(plan.block.x * plan.block.y) <= max_threads(plan.layout));
   return plan;
 }
 
 template <typename scalar_t>
-Problem<scalar_t> make_problem(
+CrossEntropyProblem<scalar_t> make_problem(
     const SoftmaxCrossEntropyShape& shape, const at::Tensor& input, const at::Tensor& target, const at::Tensor& weight,
     int64_t ignore_index, double label_smoothing) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool probability = shape.target_kind == TargetKind::kProbability;
-  Problem<scalar_t> pb;
+  CrossEntropyProblem<scalar_t> pb;
   pb.input = input.const_data_ptr<scalar_t>();
   pb.class_target = probability ? nullptr : target.const_data_ptr<int64_t>();
   pb.prob_target = probability ? target.const_data_ptr<scalar_t>() : nullptr;
@@ -456,44 +288,42 @@ Problem<scalar_t> make_problem(
   return pb;
 }
 
-template <typename scalar_t, bool kProbability>
-void launch_forward(const LaunchPlan& plan, const Problem<scalar_t>& pb, const ForwardOutputs<scalar_t>& out) {
-  const dim3 grid(static_cast<unsigned>(plan.blocks));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  switch (plan.group) {
-    case Group::kThread:
-      forward_kernel<scalar_t, kProbability, Group::kThread><<<grid, plan.threads, 0, stream>>>(pb, out);
+// Calls launch(std::integral_constant<Layout, layout>) for the layout of the plan.
+template <typename Launch>
+void for_layout(Layout layout, const Launch& launch) {
+  switch (layout) {
+    case Layout::kRowLanes:
+      launch(std::integral_constant<Layout, Layout::kRowLanes>{});
       break;
-    case Group::kWarp:
-      forward_kernel<scalar_t, kProbability, Group::kWarp><<<grid, plan.threads, 0, stream>>>(pb, out);
+    case Layout::kRowBlock:
+      launch(std::integral_constant<Layout, Layout::kRowBlock>{});
       break;
-    case Group::kBlock:
-      forward_kernel<scalar_t, kProbability, Group::kBlock><<<grid, plan.threads, 0, stream>>>(pb, out);
+    case Layout::kSpatial:
+      launch(std::integral_constant<Layout, Layout::kSpatial>{});
       break;
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, bool kProbability>
-void launch_backward(const LaunchPlan& plan, const Problem<scalar_t>& pb, const BackwardArgs<scalar_t>& bw) {
-  const dim3 grid(static_cast<unsigned>(plan.blocks));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  switch (plan.group) {
-    case Group::kThread:
-      backward_kernel<scalar_t, kProbability, Group::kThread><<<grid, plan.threads, 0, stream>>>(pb, bw);
-      break;
-    case Group::kWarp:
-      backward_kernel<scalar_t, kProbability, Group::kWarp><<<grid, plan.threads, 0, stream>>>(pb, bw);
-      break;
-    case Group::kBlock:
-      backward_kernel<scalar_t, kProbability, Group::kBlock><<<grid, plan.threads, 0, stream>>>(pb, bw);
-      break;
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+// Launches kernel_of(kProbability, layout) (std::bool_constant, std::integral_constant) for the target
+// kind and the plan's layout, with the plan's grid and block, on the current stream.
+template <typename KernelOf, typename... Args>
+void launch(const LaunchPlan& plan, bool probability, const KernelOf& kernel_of, const Args&... args) {
+  const auto run = [&](auto kernel) {
+    kernel<<<dim3(static_cast<unsigned>(plan.blocks)), plan.block, 0, at::cuda::getCurrentCUDAStream()>>>(
+        args..., plan.lanes);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  for_layout(plan.layout, [&](auto layout) {
+    if (probability) {
+      run(kernel_of(std::true_type{}, layout));
+    } else {
+      run(kernel_of(std::false_type{}, layout));
+    }
+  });
 }
 
 // Index targets as int64 (uint8 ones converted: a positions-sized copy), probabilities as they are; both
-// contiguous. The weight in acc_t, contiguous; undefined without one.
+// contiguous.
 at::Tensor target_for_kernels(const at::Tensor& target, TargetKind kind) {
   return (kind == TargetKind::kClassIndex ? target.to(at::kLong) : target).contiguous();
 }
@@ -519,7 +349,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "softmax_cross_entropy_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Problem<scalar_t> pb = make_problem<scalar_t>(shape, x, t, w, ignore_index, label_smoothing);
+    const CrossEntropyProblem<scalar_t> pb = make_problem<scalar_t>(shape, x, t, w, ignore_index, label_smoothing);
     ForwardOutputs<scalar_t> out;
     out.loss = per_position ? loss.mutable_data_ptr<scalar_t>() : nullptr;
     out.max_logit = max_logit.mutable_data_ptr<acc_t>();
@@ -527,11 +357,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy
     out.block_loss = per_position ? nullptr : block_sums.mutable_data_ptr<acc_t>();
     out.block_weight = per_position ? nullptr : out.block_loss + plan.blocks;
     if (plan.blocks > 0) {
-      if (probability) {
-        launch_forward<scalar_t, true>(plan, pb, out);
-      } else {
-        launch_forward<scalar_t, false>(plan, pb, out);
-      }
+      const auto kernel_of = [](auto kind, auto layout) {
+        return forward_kernel<scalar_t, decltype(kind)::value, decltype(layout)::value>;
+      };
+      launch(plan, probability, kernel_of, pb, out);
     }
     if (per_position) {
       normalizer.fill_(1);
@@ -576,7 +405,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "softmax_cross_entropy_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Problem<scalar_t> pb = make_problem<scalar_t>(shape, x, t, w, ignore_index, label_smoothing);
+    const CrossEntropyProblem<scalar_t> pb = make_problem<scalar_t>(shape, x, t, w, ignore_index, label_smoothing);
     BackwardArgs<scalar_t> bw;
     bw.grad_loss = grad_loss_values.const_data_ptr<scalar_t>();
     bw.grad_per_position = shape.reduction == LossReduction::kNone;
@@ -586,11 +415,10 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
     bw.weight_sum = weight_sum.defined() ? weight_sum.const_data_ptr<acc_t>() : nullptr;
     bw.grad_input = want_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
     bw.grad_target = want_target ? grad_target.mutable_data_ptr<scalar_t>() : nullptr;
-    if (probability) {
-      launch_backward<scalar_t, true>(plan, pb, bw);
-    } else {
-      launch_backward<scalar_t, false>(plan, pb, bw);
-    }
+    const auto kernel_of = [](auto kind, auto layout) {
+      return backward_kernel<scalar_t, decltype(kind)::value, decltype(layout)::value>;
+    };
+    launch(plan, probability, kernel_of, pb, bw);
   });
   return {grad_input, grad_target};
 }
