@@ -1,4 +1,4 @@
-"""The whole suite (LinearSigmoid and softmax cross-entropy), as `python -m torch_manualbp bench`.
+"""The whole suite (LinearSigmoid, softmax cross-entropy, linear cross-entropy), as `python -m torch_manualbp bench`.
 
     python benchmarks/run_all.py [--dtype float32] [--threads 2] [--thp both] [--repeats 3]
 

@@ -95,7 +95,7 @@ def test_bench_writes_files_only_under_out(tmp_path):
     quick = ["bench", "--quick", "--layer", "linear_sigmoid", "--no-compile", "--no-memory", "--no-simd-check"]
     result = run_cli(*quick, "--min-run-time", "0.05", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "## Performance goals (float32, 2 threads)" in result.stdout
+    assert "## Performance goals (2 threads)" in result.stdout
     assert "| fwd+bwd | torch_manualbp |" in result.stdout
     assert "wrote" not in result.stdout
     assert list(tmp_path.iterdir()) == []
@@ -105,7 +105,7 @@ def test_bench_writes_files_only_under_out(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["reports"]
     assert sorted(path.name for path in out.iterdir()) == ["smoke.json", "smoke.md"]
-    assert "## Performance goals (float32, 2 threads)" in (out / "smoke.md").read_text()
+    assert "## Performance goals (2 threads)" in (out / "smoke.md").read_text()
     assert json.loads((out / "smoke.json").read_text())["results"][0]["layer"] == "linear_sigmoid"
 
 

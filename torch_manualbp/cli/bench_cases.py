@@ -20,6 +20,9 @@ OURS = "torch_manualbp"
 EAGER = "eager"
 COMPILED = "compiled"
 FLOOR = "gemm floor"
+TORCH_CHUNKED = "torch chunked"  # F.linear_cross_entropy with options=nn.LinearCrossEntropyOptions()
+OURS_HALF_IGNORED = "torch_manualbp, half ignored"  # every other target is ignore_index
+OURS_NO_GRAD = "torch_manualbp, no_grad"  # the forward under torch.no_grad: loss only
 
 FWD = "fwd"
 FWD_BWD = "fwd+bwd"
@@ -212,8 +215,99 @@ def cross_entropy_cases(dtype, shapes=CROSS_ENTROPY_SHAPES):
     return cases
 
 
-LAYERS = {"linear_sigmoid": linear_sigmoid_cases, "softmax_cross_entropy": cross_entropy_cases}
-QUICK_SHAPES = {"linear_sigmoid": [(64, 256, 256)], "softmax_cross_entropy": [(8192, 1000), (8, 21, 32, 32)]}
+# ---- linear cross-entropy ---------------------------------------------------------------------------------
+
+# (tokens, in_features, classes): a classifier-sized head, and a language model's (Llama 3's vocabulary).
+LINEAR_CROSS_ENTROPY_SHAPES = [(2048, 512, 32768), (4096, 1024, 128256)]
+
+
+def _native_linear_cross_entropy(x, weight, target):
+    return F.cross_entropy(F.linear(x, weight), target)
+
+
+def _torch_chunked(x, weight, target):
+    return F.linear_cross_entropy(x, weight, target, options=torch.nn.LinearCrossEntropyOptions())
+
+
+def _build_linear_cross_entropy(case, with_compile):
+    tokens, in_features, classes = case.shape
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, in_features, generator=generator, dtype=case.dtype).requires_grad_()
+    weight = (torch.randn(classes, in_features, generator=generator) / math.sqrt(in_features)).to(case.dtype)
+    weight.requires_grad_()
+    target = torch.randint(0, classes, (tokens,), generator=generator)
+    half_ignored = target.clone()
+    half_ignored[::2] = -100
+    wrt = (x, weight)
+    ours = torch_manualbp.functional.linear_cross_entropy
+
+    contenders = []
+    for name, fn, t in ((OURS, ours, target), (EAGER, _native_linear_cross_entropy, target),
+                        (OURS_HALF_IGNORED, ours, half_ignored)):
+        forward = lambda fn=fn, t=t: fn(x, weight, t)  # noqa: E731
+        contenders.append(Contender(name, forward, _grad_closure(forward, wrt, None), None, forward))
+
+    def no_grad_forward():
+        with torch.no_grad():
+            return ours(x, weight, target)
+
+    contenders.append(Contender(OURS_NO_GRAD, no_grad_forward, None))
+    if hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions"):
+        forward = lambda: _torch_chunked(x, weight, target)  # noqa: E731
+        contenders.append(Contender(TORCH_CHUNKED, forward, _grad_closure(forward, wrt, None), None, forward))
+    else:
+        contenders.append(Contender(TORCH_CHUNKED, None, None, f"torch {torch.__version__} has no F.linear_cross_entropy"))
+    if with_compile:
+        contenders.append(_compiled_contender(_native_linear_cross_entropy, (x, weight, target), wrt, None))
+
+    # The floor: the three GEMMs of any forward + backward, logits = x W^T, dX = G W, dW = G^T x, on
+    # stand-ins of the logits' gradient G; forward: the first alone.
+    x_plain, weight_plain = x.detach(), weight.detach()
+    grad_logits = torch.randn(tokens, classes, generator=generator).to(case.dtype)
+
+    def floor_fwd():
+        return torch.mm(x_plain, weight_plain.t())
+
+    def floor_fwd_bwd():
+        return torch.mm(x_plain, weight_plain.t()), torch.mm(grad_logits, weight_plain), torch.mm(grad_logits.t(), x_plain)
+
+    contenders.append(Contender(FLOOR, floor_fwd, floor_fwd_bwd))
+    order = {OURS: 0, OURS_HALF_IGNORED: 1, OURS_NO_GRAD: 2, EAGER: 3, COMPILED: 4, TORCH_CHUNKED: 5, FLOOR: 6}
+    contenders.sort(key=lambda c: order[c.name])
+    return [x, weight, target, half_ignored, grad_logits], contenders
+
+
+def linear_cross_entropy_cases(dtype, shapes=LINEAR_CROSS_ENTROPY_SHAPES):
+    cases = []
+    for tokens, in_features, classes in shapes:
+        gemm_flops = 2.0 * tokens * in_features * classes
+        cases.append(
+            Case(
+                layer="linear_cross_entropy",
+                shape=(tokens, in_features, classes),
+                label=f"{tokens}x{in_features}->{classes}",
+                dtype=dtype,
+                work_unit="GFLOP/s",
+                work={FWD: gemm_flops, FWD_BWD: 3 * gemm_flops},
+                # The memory figures are compared with the float32 logits, whatever the dtype.
+                reference_bytes=tokens * classes * 4,
+                reference_name="float32 logits",
+                build=_build_linear_cross_entropy,
+            )
+        )
+    return cases
+
+
+LAYERS = {
+    "linear_sigmoid": linear_sigmoid_cases,
+    "softmax_cross_entropy": cross_entropy_cases,
+    "linear_cross_entropy": linear_cross_entropy_cases,
+}
+QUICK_SHAPES = {
+    "linear_sigmoid": [(64, 256, 256)],
+    "softmax_cross_entropy": [(8192, 1000), (8, 21, 32, 32)],
+    "linear_cross_entropy": [(256, 64, 4096)],
+}
 
 
 def find_case(layer, shape, dtype):

@@ -9,7 +9,7 @@ from collections import namedtuple
 import torch
 import torch.nn.functional as F
 
-from ..functional import linear_sigmoid, softmax_cross_entropy
+from ..functional import linear_cross_entropy, linear_sigmoid, softmax_cross_entropy
 
 Case = namedtuple("Case", ["op", "variant", "build"])
 
@@ -129,5 +129,75 @@ def softmax_cross_entropy_cases():
     ]
 
 
+TOKENS, HEAD_CLASSES = 5, 6
+# One token per chunk: the chunk loop, the cross-chunk accumulation of the weight gradient.
+ONE_TOKEN_CHUNKS = 1
+
+
+def _native_linear_cross_entropy(x, w, t, b=None, weight=None, lse_square_scale=0.0, softcap=None, **options):
+    """F.linear, the softcap, F.cross_entropy, and the z-loss (per non-ignored token, 'mean' over their count)."""
+    logits = F.linear(x, w, b)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    loss = F.cross_entropy(logits, t, weight=weight, **options)
+    if lse_square_scale:
+        kept = torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if t.is_floating_point() else t != -100
+        z_loss = lse_square_scale * torch.logsumexp(logits, -1).square() * kept
+        reduction = options.get("reduction", "mean")
+        loss = loss + (z_loss if reduction == "none" else z_loss.sum() / (kept.sum() if reduction == "mean" else 1))
+    return loss
+
+
+def _linear_cross_entropy_case(variant, seed, bias=False, probabilities=False, weighted=False, ignored=None, **options):
+    """options: reduction, label_smoothing, lse_square_scale, softcap."""
+
+    def build(device):
+        shapes = [(TOKENS, IN_FEATURES), (HEAD_CLASSES, IN_FEATURES)] + ([(HEAD_CLASSES,)] if bias else [])
+        inputs = _leaves(device, *shapes, seed=seed)
+        generator = torch.Generator().manual_seed(seed + 100)
+        weight = (torch.rand(HEAD_CLASSES, generator=generator, dtype=torch.float64) + 0.5).to(device) if weighted else None
+        if probabilities:
+            target = torch.rand(TOKENS, HEAD_CLASSES, generator=generator, dtype=torch.float64).softmax(1).to(device)
+            inputs.append(target.requires_grad_())
+        else:
+            target = _index_target((TOKENS,), HEAD_CLASSES, seed, ignored).to(device)
+
+        def unpack(args):
+            x, w, *rest = args
+            b = rest.pop(0) if bias else None
+            t = rest.pop(0) if probabilities else target
+            return x, w, t, b
+
+        def ours(*args):
+            x, w, t, b = unpack(args)
+            return linear_cross_entropy(x, w, t, linear_bias=b, weight=weight, chunk_budget=ONE_TOKEN_CHUNKS, **options)
+
+        def native(*args):
+            x, w, t, b = unpack(args)
+            return _native_linear_cross_entropy(x, w, t, b, weight=weight, **options)
+
+        return ours, inputs, native
+
+    return Case("linear_cross_entropy", variant, build)
+
+
+def linear_cross_entropy_cases():
+    return [
+        _linear_cross_entropy_case("index target, mean", seed=31),
+        _linear_cross_entropy_case("index target, bias, sum", seed=32, bias=True, reduction="sum"),
+        _linear_cross_entropy_case("index target, bias, none", seed=33, bias=True, reduction="none"),
+        _linear_cross_entropy_case(
+            "index target, weights, ignored, smoothing 0.1", seed=34, weighted=True, ignored=-100, label_smoothing=0.1
+        ),
+        _linear_cross_entropy_case("softcap 2.0, z-loss 0.1, mean", seed=35, bias=True, softcap=2.0, lse_square_scale=0.1),
+        _linear_cross_entropy_case("softcap 3.0, z-loss 0.05, none", seed=36, softcap=3.0, lse_square_scale=0.05, reduction="none"),
+        _linear_cross_entropy_case("probability target, mean", seed=37, probabilities=True),
+        _linear_cross_entropy_case(
+            "probability, bias, weights, smoothing 0.2, none", seed=38, probabilities=True, bias=True,
+            weighted=True, label_smoothing=0.2, reduction="none",
+        ),
+    ]
+
+
 def cases():
-    return linear_sigmoid_cases() + softmax_cross_entropy_cases()
+    return linear_sigmoid_cases() + softmax_cross_entropy_cases() + linear_cross_entropy_cases()
