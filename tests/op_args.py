@@ -82,3 +82,42 @@ def softmax_cross_entropy_backward_args(case, dtype, requires_grad, contiguous, 
         grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing,
         output_mask,
     )
+
+
+# ---- LinearCrossEntropy: (token shape, in_features, classes, target kind, reduction, bias, class weight, options)
+def linear_cross_entropy_forward_args(case, dtype, requires_grad, contiguous, grad_mask=(False, False, False),
+                                      device="cpu"):
+    """(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
+    lse_square_scale, softcap, grad_mask, chunk_budget) of linear_cross_entropy_forward; index targets have
+    their second token ignored. options: label_smoothing, lse_square_scale, softcap, chunk_budget."""
+    token_shape, in_features, classes, kind, reduction, has_bias, has_weight, options = case
+    input = make((*token_shape, in_features), dtype, requires_grad, contiguous, device)
+    linear_weight = make((classes, in_features), dtype, requires_grad, contiguous, device)
+    linear_bias = make((classes,), dtype, requires_grad, device=device) if has_bias else None
+    if kind == "probability":
+        target = torch.rand(*token_shape, classes, dtype=dtype, device=device).softmax(-1).requires_grad_(requires_grad)
+    else:
+        target = torch.randint(0, classes, token_shape, dtype=torch.uint8 if kind == "uint8" else torch.int64,
+                               device=device)
+        if target.numel() > 1:
+            target.view(-1)[1] = 255 if kind == "uint8" else -100
+    weight = torch.rand(classes, dtype=dtype, device=device) + 0.5 if has_weight else None
+    ignore_index = 255 if kind == "uint8" else -100
+    return (
+        input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
+        options.get("label_smoothing", 0.0), options.get("lse_square_scale", 0.0), options.get("softcap"),
+        list(grad_mask), options.get("chunk_budget", 1 << 20),
+    )
+
+
+def linear_cross_entropy_backward_args(case, dtype, requires_grad, contiguous, output_mask, device="cpu"):
+    """(grad_loss, input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
+    lse_square_scale, softcap, output_mask, chunk_budget) of linear_cross_entropy_backward."""
+    (input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale,
+     softcap, _, chunk_budget) = linear_cross_entropy_forward_args(case, dtype, requires_grad, contiguous, device=device)
+    loss_shape = () if reduction != "none" else input.shape[:-1]
+    grad_loss = torch.randn(loss_shape, dtype=dtype, device=device, requires_grad=requires_grad)
+    return (
+        grad_loss, input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
+        lse_square_scale, softcap, output_mask, chunk_budget,
+    )

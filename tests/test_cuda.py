@@ -31,6 +31,8 @@ from torch import nn
 import torch_manualbp
 from op_args import (
     DEVICES,
+    linear_cross_entropy_backward_args,
+    linear_cross_entropy_forward_args,
     linear_sigmoid_backward_args,
     needs_gpu,
     ops,
@@ -562,6 +564,151 @@ def test_softmax_cross_entropy_out_of_range_target(layout, stage, device):
         call_with_out_of_range_target({layout!r}, {stage!r}, "cuda")
         """
     )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=os.path.dirname(__file__)
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    assert "device-side assert" in output, output[-2000:]
+    assert output.count(message) == 1, output[-4000:]
+
+
+
+# ---- LinearCrossEntropy ----------------------------------------------------------------------------------
+def linear_cross_entropy_reference(x, w, t, b=None, weight=None, reduction="mean", ignore_index=-100,
+                                   label_smoothing=0.0, lse_square_scale=0.0, softcap=None):
+    """F.linear, the softcap, F.cross_entropy, the z-loss per non-ignored token ('mean': over their count)."""
+    logits = F.linear(x, w, b)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    classes = w.shape[0]
+    probability = t.shape == logits.shape
+    flat = logits.reshape(-1, classes)
+    flat_t = t.reshape(-1, classes) if probability else t.reshape(-1).long()
+    loss = F.cross_entropy(flat, flat_t, weight=weight, ignore_index=ignore_index, reduction="none",
+                           label_smoothing=label_smoothing)
+    kept = torch.ones_like(loss, dtype=torch.bool) if probability else flat_t != ignore_index
+    if weight is None or probability:
+        normalizer = kept.sum() if not probability else torch.tensor(loss.numel(), device=loss.device)
+    else:
+        normalizer = (weight[torch.where(kept, flat_t, 0)] * kept).sum()
+    z_loss = lse_square_scale * torch.logsumexp(flat, -1).square() * kept
+    if reduction == "none":
+        return (loss + z_loss).reshape(logits.shape[:-1])
+    if reduction == "sum":
+        return loss.sum() + z_loss.sum()
+    return loss.sum() / normalizer + z_loss.sum() / kept.sum()
+
+
+# (token shape, in_features, classes, target kind, reduction, bias, class weight, options); index targets
+# have an ignored token, which CUDA keeps in its chunk and the CPU drops.
+LCE_CASES = [
+    ((33,), 16, 37, "index", "mean", True, False, {}),
+    ((4, 9), 8, 1500, "index", "none", False, True, dict(label_smoothing=0.1)),
+    ((40,), 8, 5000, "index", "sum", True, True, dict(softcap=5.0, lse_square_scale=1e-3, chunk_budget=5000 * 4 * 7)),
+    ((12,), 8, 300, "probability", "mean", True, False, dict(label_smoothing=0.2, softcap=3.0)),
+    ((3, 4), 8, 40, "probability", "none", False, True, dict(lse_square_scale=0.01)),
+]
+
+
+def _lce_call(args, fn):
+    (x, w, b, t, weight, reduction, ignore_index, smoothing, z_loss, softcap, _, budget) = args
+    kwargs = dict(linear_bias=b, weight=weight, reduction=reduction, ignore_index=ignore_index,
+                  label_smoothing=smoothing, lse_square_scale=z_loss, softcap=softcap)
+    if fn is MF.linear_cross_entropy:
+        return fn(x, w, t, chunk_budget=budget, **kwargs)
+    return linear_cross_entropy_reference(x, w, t, b=b, **{k: v for k, v in kwargs.items() if k != "linear_bias"})
+
+
+def _lce_loss_and_grads(args, fn, grad_output_seed=0):
+    loss = _lce_call(args, fn)
+    inputs = [v for v in (args[0], args[1], args[2], args[3]) if isinstance(v, torch.Tensor) and v.requires_grad]
+    generator = torch.Generator().manual_seed(grad_output_seed)
+    grad_output = torch.randn(loss.shape, generator=generator, dtype=torch.float64).to(loss)
+    return (loss.detach(), *torch.autograd.grad(loss, inputs, grad_output))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", LCE_CASES, ids=str)
+def test_linear_cross_entropy_matches_composite(case, device):
+    for dtype, tolerance in ((torch.float64, dict(rtol=1e-9, atol=1e-10)), (torch.float32, dict(rtol=2e-5, atol=2e-6))):
+        args = linear_cross_entropy_forward_args(case, dtype, True, True, device=device)
+        for ours, ref in zip(_lce_loss_and_grads(args, MF.linear_cross_entropy), _lce_loss_and_grads(args, None)):
+            torch.testing.assert_close(ours, ref, **tolerance)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_cross_entropy_gradcheck(reduction, device):
+    case = ((5,), 3, 7, "index", reduction, True, True, dict(label_smoothing=0.1, softcap=2.0, lse_square_scale=0.1,
+                                                              chunk_budget=7 * 8 * 2))
+    args = list(linear_cross_entropy_forward_args(case, torch.float64, True, True, device=device))
+
+    def fn(x, w, b):
+        args[0:3] = x, w, b
+        return _lce_call(tuple(args), MF.linear_cross_entropy)
+
+    assert torch.autograd.gradcheck(fn, tuple(args[0:3]))
+    assert torch.autograd.gradgradcheck(fn, tuple(args[0:3]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_linear_cross_entropy_low_precision(dtype, device):
+    case = ((64,), 32, 3001, "index", "mean", True, False, dict(label_smoothing=0.1, chunk_budget=3001 * 2 * 9))
+    exact_args = linear_cross_entropy_forward_args(case, torch.float64, True, True, device=device)
+    exact = _lce_loss_and_grads(exact_args, None)
+    low = tuple(a.detach().to(dtype).requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                for a in exact_args)
+    for ours, native, e in zip(_lce_loss_and_grads(low, MF.linear_cross_entropy), _lce_loss_and_grads(low, None), exact):
+        assert ours.dtype == dtype
+        assert_within_native_error(ours, native, e)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["index", "probability"])
+def test_linear_cross_entropy_ops_do_not_synchronize(kind, device):
+    case = ((32,), 8, 100, kind, "mean", True, True, dict(label_smoothing=0.1, chunk_budget=100 * 4 * 5))
+    forward_args = linear_cross_entropy_forward_args(case, torch.float32, False, True, [True, True, True], device)
+    backward_args = linear_cross_entropy_backward_args(case, torch.float32, False, True, [True] * 4, device)
+    with no_host_sync(device):
+        loss, grad_input, grad_weight, grad_bias = ops.linear_cross_entropy_forward(*forward_args)
+        grads = ops.linear_cross_entropy_backward(*backward_args)
+    assert loss.shape == () and grad_input.shape == (32, 8) and grad_weight.shape == (100, 8) and grad_bias.shape == (100,)
+    assert grads[3].shape == ((32, 100) if kind == "probability" else (0,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_cross_entropy_deterministic_and_inputs_untouched(device):
+    case = ((50,), 16, 700, "index", "mean", True, True, dict(chunk_budget=700 * 4 * 9))
+    args = linear_cross_entropy_forward_args(case, torch.float32, True, True, device=device)
+    copies = [a.detach().clone() for a in args[:5] if isinstance(a, torch.Tensor)]
+    runs = [_lce_loss_and_grads(args, MF.linear_cross_entropy) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    for a, c in zip([a for a in args[:5] if isinstance(a, torch.Tensor)], copies):
+        assert torch.equal(a.detach(), c)
+
+
+def call_linear_cross_entropy_with_out_of_range_target(device):
+    case = ((6,), 4, 9, "index", "mean", False, False, {})
+    args = list(linear_cross_entropy_forward_args(case, torch.float32, False, True, device=device))
+    target = args[3].clone()
+    target[2] = 12
+    args[3] = target
+    ops.linear_cross_entropy_forward(*args)
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_cross_entropy_out_of_range_target(device):
+    message = "Target 12 is out of bounds"
+    if device == "cpu":
+        with pytest.raises(IndexError, match=message):
+            call_linear_cross_entropy_with_out_of_range_target(device)
+        return
+    script = "from test_cuda import call_linear_cross_entropy_with_out_of_range_target as f; f('cuda')"
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=os.path.dirname(__file__)
     )

@@ -12,6 +12,8 @@ import torch
 
 from op_args import (
     DEVICES,
+    linear_cross_entropy_backward_args,
+    linear_cross_entropy_forward_args,
     linear_sigmoid_backward_args,
     linear_sigmoid_forward_args,
     ops,
@@ -149,3 +151,57 @@ def test_softmax_cross_entropy_forward_aot(case, variant, device):
 def test_softmax_cross_entropy_backward_aot(case, variant, output_mask, device):
     args = softmax_cross_entropy_backward_args(case, *variant, output_mask, device=device)
     torch.library.opcheck(ops.softmax_cross_entropy_backward.default, args, test_utils=AOT_CHECK)
+
+
+# (token shape, in_features, classes, target kind, reduction, bias, class weight, options)
+LINEAR_CROSS_ENTROPY_CASES = [
+    ((5,), 3, 7, "index", "mean", True, False, {}),
+    ((2, 3), 4, 6, "index", "none", False, True, dict(label_smoothing=0.1)),
+    ((6,), 3, 5, "uint8", "sum", True, True, dict(softcap=2.0, lse_square_scale=0.1, chunk_budget=1)),
+    ((4,), 3, 5, "probability", "mean", True, False, dict(label_smoothing=0.2)),
+    ((2, 2), 3, 4, "probability", "none", False, False, dict(softcap=3.0)),
+    ((), 3, 5, "index", "sum", False, False, {}),
+    ((0,), 3, 5, "index", "sum", True, False, {}),  # (an empty mean is NaN, which opcheck compares unequal)
+]
+LCE_GRAD_MASKS = [[True, True, True], [False, True, False], [False, False, False]]
+LCE_OUTPUT_MASKS = [[True, True, True, True], [True, False, False, False], [False, True, True, False]]
+
+
+def _grad_mask(case, grad_mask):
+    return grad_mask if case[4] != "none" else [False] * 3
+
+
+@pytest.mark.parametrize("grad_mask", LCE_GRAD_MASKS, ids=str)
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", LINEAR_CROSS_ENTROPY_CASES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_cross_entropy_forward(case, variant, grad_mask, device):
+    args = linear_cross_entropy_forward_args(case, *variant, _grad_mask(case, grad_mask), device=device)
+    torch.library.opcheck(ops.linear_cross_entropy_forward.default, args, test_utils=FAST_CHECKS)
+
+
+@pytest.mark.parametrize("output_mask", LCE_OUTPUT_MASKS, ids=str)
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", LINEAR_CROSS_ENTROPY_CASES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_cross_entropy_backward(case, variant, output_mask, device):
+    args = linear_cross_entropy_backward_args(case, *variant, output_mask, device=device)
+    torch.library.opcheck(ops.linear_cross_entropy_backward.default, args, test_utils=FAST_CHECKS)
+
+
+@pytest.mark.parametrize(
+    "case, variant, grad_mask", _rotating(LINEAR_CROSS_ENTROPY_CASES, VARIANTS, LCE_GRAD_MASKS), ids=str
+)
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_cross_entropy_forward_aot(case, variant, grad_mask, device):
+    args = linear_cross_entropy_forward_args(case, *variant, _grad_mask(case, grad_mask), device=device)
+    torch.library.opcheck(ops.linear_cross_entropy_forward.default, args, test_utils=AOT_CHECK)
+
+
+@pytest.mark.parametrize(
+    "case, variant, output_mask", _rotating(LINEAR_CROSS_ENTROPY_CASES, VARIANTS, LCE_OUTPUT_MASKS), ids=str
+)
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_cross_entropy_backward_aot(case, variant, output_mask, device):
+    args = linear_cross_entropy_backward_args(case, *variant, output_mask, device=device)
+    torch.library.opcheck(ops.linear_cross_entropy_backward.default, args, test_utils=AOT_CHECK)

@@ -104,9 +104,15 @@ __global__ void __launch_bounds__(kRowThreads) rows_kernel(RowArgs<scalar_t> a) 
       }
       return;
     }
-    CUDA_KERNEL_ASSERT_PRINTF(
-        t >= 0 && t < C, "linear_cross_entropy: Target %lld is out of bounds (classes: %lld).",
-        static_cast<long long>(t), static_cast<long long>(C));
+    if (t < 0 || t >= C) {
+      // One message per row: the row's first thread stops the kernel; the others never read at t.
+      if (threadIdx.x == 0) {
+        CUDA_KERNEL_ASSERT_PRINTF(
+            false, "linear_cross_entropy: Target %lld is out of bounds (classes: %lld).", static_cast<long long>(t),
+            static_cast<long long>(C));
+      }
+      return;
+    }
   }
 
   // Sweep 1: the max.

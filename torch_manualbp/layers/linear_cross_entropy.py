@@ -90,7 +90,7 @@ def _composite_loss(input, linear_weight, linear_bias, target, weight, options):
         ce_normalizer = per_token.new_tensor(float(per_token.numel()))
     else:
         kept = flat_target != ignore_index
-        class_weight = torch.ones_like(logits[0]) if weight is None else weight
+        class_weight = logits.new_ones(logits.shape[-1]) if weight is None else weight
         ce_normalizer = (class_weight[torch.where(kept, flat_target, 0)] * kept).sum()
     z_loss = None
     if lse_square_scale != 0:
