@@ -48,6 +48,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "huge_pages.h"
 #include "unrequested_output.h"
 #include "cpu/softmax_cross_entropy_kernel.h"
 #include "softmax_cross_entropy_args.h"
@@ -121,8 +122,9 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cpu(
   const at::Tensor grad_loss_values = grad_loss.contiguous();
   const at::Tensor m = max_logit.contiguous();
   const at::Tensor log_s = log_sum.contiguous();
-  at::Tensor grad_input = at::empty(input.sizes(), input.options());
-  at::Tensor grad_target = want_target ? at::empty(input.sizes(), input.options()) : nothing();
+  // The logits' size: faulted in huge pages where the OS allows (huge_pages.h), whatever PyTorch's allocator does.
+  at::Tensor grad_input = empty_large(input.sizes(), input.options());
+  at::Tensor grad_target = want_target ? empty_large(input.sizes(), input.options()) : nothing();
 
   cpu::CrossEntropyBackwardArgs args;
   args.grad_loss = grad_loss_values.const_data_ptr();

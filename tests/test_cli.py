@@ -241,6 +241,18 @@ def test_example_agrees(path, capsys, monkeypatch):
     _check_example_output(capsys.readouterr().out)
 
 
+def test_language_model_example_trains_both_heads_alike(tmp_path):
+    """examples/train_language_model_head.py, a few steps: both runs train, their losses agree, the table prints."""
+    path = EXAMPLES / "train_language_model_head.py"
+    result = subprocess.run(
+        [sys.executable, str(path), "--steps", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"vocabulary [1-9]\d{4,}", result.stdout)  # tens of thousands of tokens
+    assert "torch_manualbp linear_cross_entropy" in result.stdout and "F.linear + F.cross_entropy" in result.stdout
+    assert "final losses agree" in result.stdout
+
+
 def test_example_runs_as_a_script(tmp_path):
     path = EXAMPLES / "ex2_sigmoid_layer_no_bias.py"
     result = subprocess.run([sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)

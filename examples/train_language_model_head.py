@@ -11,7 +11,7 @@ memory, less what the process held before training) is its own. Prints the loss 
 validation loss, the time per step and the peak memory; exits 1 if the two runs' losses drift apart by more
 than float32 rounding explains.
 
-    .venv/bin/python examples/ex6_language_model_head.py [--steps 100]
+    .venv/bin/python examples/train_language_model_head.py [--steps 60]
 """
 import argparse
 import json
@@ -109,7 +109,7 @@ def run_in_child(variant, steps):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.variant is not None:  # a child: one run, its results as one JSON line
