@@ -7,7 +7,6 @@ example works it out, the one computed by hand from the formulas), and judge the
 "by hand"  the backward formulas written out as plain tensor arithmetic in the example itself.
 Agreement means within torch_manualbp's tolerance for the dtype (torch_manualbp/cli/tolerances.py).
 """
-import torch
 
 from torch_manualbp.cli.tolerances import agrees, allowed_difference, max_abs_difference
 

@@ -63,7 +63,7 @@ def dtype_name(dtype):
     return str(dtype).replace("torch.", "")
 
 
-def _compiled(fn, name):
+def _compiled(fn):
     """torch.compile of fn, or the reason it cannot be used (compilation happens lazily, on first call)."""
     try:
         return torch.compile(fn, dynamic=False), None
@@ -80,7 +80,7 @@ def _grad_closure(forward, wrt, grad_output):
 
 def _compiled_contender(native, inputs, wrt, grad_output):
     """The COMPILED contender: torch.compile of the native composition on `inputs`, or why it is missing."""
-    compiled, why = _compiled(native, COMPILED)
+    compiled, why = _compiled(native)
     if compiled is None:
         return Contender(COMPILED, None, None, why)
     forward = lambda: compiled(*inputs)  # noqa: E731
@@ -160,10 +160,6 @@ def linear_sigmoid_cases(dtype, shapes=LINEAR_SIGMOID_SHAPES):
 CROSS_ENTROPY_SHAPES = [(8192, 1000), (4096, 32768), (8, 21, 128, 128)]
 
 
-def cross_entropy_available():
-    return hasattr(torch_manualbp.functional, "softmax_cross_entropy")
-
-
 def _native_cross_entropy(logits, target):
     return F.cross_entropy(logits, target)
 
@@ -177,12 +173,7 @@ def _build_cross_entropy(case, with_compile):
     wrt = (logits,)
 
     contenders = []
-    functions = [(EAGER, _native_cross_entropy)]
-    if cross_entropy_available():
-        functions.insert(0, (OURS, torch_manualbp.functional.softmax_cross_entropy))
-    else:
-        contenders.append(Contender(OURS, None, None, "not in this build (no functional.softmax_cross_entropy)"))
-    for name, fn in functions:
+    for name, fn in ((OURS, torch_manualbp.functional.softmax_cross_entropy), (EAGER, _native_cross_entropy)):
         forward = lambda fn=fn: fn(logits, target)  # noqa: E731
         contenders.append(Contender(name, forward, _grad_closure(forward, wrt, None), None, forward))
     if with_compile:
