@@ -54,6 +54,10 @@ namespace {
 constexpr const char* kForward = "linear_cross_entropy";
 constexpr const char* kBackward = "linear_cross_entropy_backward";
 
+// Reduced precision: bytes of one block of a chunk's weight-gradient share (rounded by the GEMM, then added to
+// the float32 accumulator while it is still in cache).
+constexpr int64_t kWeightShareBytes = int64_t(4) << 20;
+
 // The tokens that take part, their class indices and the loss normalizers N_ce, N_z.
 struct TokenSelection {
   at::Tensor rows;     // int64 (M,) of the tokens taking part, in order; undefined: all N in place
@@ -182,7 +186,9 @@ ChunkResults run_chunks(
   const at::Tensor logits_buffer = empty_large({n_max, C}, options_in);
   at::Tensor x_buffer = compacted ? at::empty({n_max, D}, options_in) : at::Tensor();
   at::Tensor dx_buffer = compacted && wanted.input ? at::empty({n_max, D}, options_in) : at::Tensor();
-  at::Tensor dw_partial = reduced && wanted.weight ? empty_large({C, D}, options_in) : at::Tensor();
+  const int64_t dw_block_rows =
+      std::max<int64_t>(1, std::min<int64_t>(C, kWeightShareBytes / std::max<int64_t>(1, D * x.element_size())));
+  at::Tensor dw_partial = reduced && wanted.weight ? at::empty({dw_block_rows, D}, options_in) : at::Tensor();
   const at::Tensor weight_t = linear_weight.t();
 
   LogitsChunkTensors chunk;
@@ -234,12 +240,18 @@ ChunkResults run_chunks(
         }
       } else {
         // bfloat16/float16 GEMMs round their output to the input's dtype: each chunk's share is added to the
-        // float32 accumulator, so the rounding does not accumulate over chunks.
-        at::mm_out(dw_partial, grad_logits.t(), x_chunk);
-        if (start == 0) {
-          out.grad_weight.copy_(dw_partial);
-        } else {
-          out.grad_weight.add_(dw_partial);
+        // float32 accumulator, so the rounding does not accumulate over chunks. A block of classes at a time,
+        // so that the rounded share is a small buffer read back from cache, not a second weight gradient.
+        for (int64_t c0 = 0; c0 < C; c0 += dw_block_rows) {
+          const int64_t rows_here = std::min(dw_block_rows, C - c0);
+          at::Tensor share = dw_partial.narrow(0, 0, rows_here);
+          at::mm_out(share, grad_logits.narrow(1, c0, rows_here).t(), x_chunk);
+          at::Tensor accumulator = out.grad_weight.narrow(0, c0, rows_here);
+          if (start == 0) {
+            accumulator.copy_(share);
+          } else {
+            accumulator.add_(share);
+          }
         }
       }
     }

@@ -24,12 +24,20 @@
 namespace torch_manualbp {
 namespace {
 
-using cuda::block_max;
+using cuda::block_reduce;
 using cuda::block_sum;
 using cuda::exp_of;
 using cuda::log_of;
 
 constexpr int kRowThreads = 512;
+
+// The NaN-propagating max as a combine of block_reduce: a NaN logit makes the row's max NaN.
+struct NanMax {
+  template <typename T>
+  __device__ __forceinline__ T operator()(const T& a, const T& b) const {
+    return cuda::nan_max(a, b);
+  }
+};
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t tanh_of(acc_t x);
@@ -118,7 +126,7 @@ __global__ void __launch_bounds__(kRowThreads) rows_kernel(RowArgs<scalar_t> a) 
   // Sweep 1: the max.
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) m = cuda::nan_max(m, a.transformed(row, c));
-  m = block_max(m, scratch);
+  m = block_reduce(m, -std::numeric_limits<acc_t>::infinity(), scratch, NanMax{});
   if (!(m > -std::numeric_limits<acc_t>::infinity() && m < std::numeric_limits<acc_t>::infinity())) {
     // NaN, +inf, or only -inf: torch's softmax and loss are NaN.
     if (threadIdx.x == 0) {
