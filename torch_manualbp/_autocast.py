@@ -13,6 +13,8 @@ Autocast kernels registered below, which then run the op with autocast off, as n
 """
 import torch
 
+from ._compat import is_autocast_available
+
 LOWER_PRECISION = "lower_precision"
 FLOAT32 = "float32"
 
@@ -29,7 +31,7 @@ def _cast_dtype(policy, device_type):
     """The dtype autocast asks for on this device type, None where autocast is off."""
     if not torch._C._is_any_autocast_enabled():  # the common case, answered in one call
         return None
-    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+    if not is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type) if policy == LOWER_PRECISION else torch.float32
 

@@ -8,6 +8,8 @@ by the op), it runs the op once per sample and stacks the results.
 """
 import torch
 
+from ._compat import register_vmap
+
 _ops = torch.ops.torch_manualbp
 
 
@@ -45,7 +47,7 @@ def _per_sample(op, info, in_dims, args):
     return torch.stack(results), 0
 
 
-@torch.library.register_vmap("torch_manualbp::linear_sigmoid_forward")
+@register_vmap("torch_manualbp::linear_sigmoid_forward")
 def _linear_sigmoid_forward_vmap(info, in_dims, input, weight, bias):
     input_bdim, weight_bdim, bias_bdim = in_dims
     if weight_bdim is not None:
@@ -56,7 +58,7 @@ def _linear_sigmoid_forward_vmap(info, in_dims, input, weight, bias):
     return _ops.linear_sigmoid_forward.default(input, weight, bias), 0
 
 
-@torch.library.register_vmap("torch_manualbp::linear_sigmoid_backward")
+@register_vmap("torch_manualbp::linear_sigmoid_backward")
 def _linear_sigmoid_backward_vmap(info, in_dims, grad_output, input, weight, output, bias_sizes, output_mask):
     grad_output_bdim, input_bdim, weight_bdim, output_bdim = in_dims[:4]
     want_input, want_weight, want_bias = output_mask
@@ -98,7 +100,7 @@ def _unfold_positions(tensor, batch_size, input_has_batch_dim):
     return tensor.unflatten(0, (batch_size, -1)) if input_has_batch_dim else tensor
 
 
-@torch.library.register_vmap("torch_manualbp::softmax_cross_entropy_forward")
+@register_vmap("torch_manualbp::softmax_cross_entropy_forward")
 def _softmax_cross_entropy_forward_vmap(info, in_dims, input, target, weight, reduction, ignore_index, label_smoothing):
     """reduction='none' folds the samples into the positions (the normalizer is 1 for all); 'mean' and
     'sum' reduce over each sample, with each sample's normalizer, and run per sample."""
@@ -124,7 +126,7 @@ def _softmax_cross_entropy_forward_vmap(info, in_dims, input, target, weight, re
     ), (0, 0, 0, None)
 
 
-@torch.library.register_vmap("torch_manualbp::softmax_cross_entropy_backward")
+@register_vmap("torch_manualbp::softmax_cross_entropy_backward")
 def _softmax_cross_entropy_backward_vmap(
     info, in_dims, grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index,
     label_smoothing, output_mask,
