@@ -6,6 +6,7 @@ torch.autograd.Function whose forward and backward call ops registered under tor
 """
 import torch  # noqa: F401  (first: _C links against it)
 
+from . import _build_check  # noqa: F401  (refuses a build made for another torch, before _C is loaded)
 from . import _C  # noqa: F401  (registers torch.ops.torch_manualbp.*)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile / export)
 from . import _vmap  # noqa: F401  (batching rules for torch.vmap / torch.func)
