@@ -9,10 +9,19 @@ and a stand-in with the same behaviour where it does not:
   is_autocast_available   torch.amp.is_autocast_available, answered without calling torch for "cpu" and
                           "cuda", which have autocast in every torch: torch.compile of older torch (2.4 to
                           2.8 at least) cannot trace that call and breaks the graph there
+  check_nested_vmap       raises a clear error where the layers run under two or more vmap levels at once
+                          (torch.func.hessian, jacrev/jacfwd of a jacobian, vmap of vmap) and the torch is
+                          older than 2.7, whose functorch fails there ("savedLocalDispatchKeySet_ INTERNAL
+                          ASSERT FAILED" in 2.4 and 2.5, "_add_batch_dim(): incompatible function
+                          arguments" in 2.6); a single transform, and vmap(grad), work on every torch
 """
 import torch
+from torch._C._functorch import TransformType
 
-__all__ = ["is_autocast_available", "register_vmap"]
+__all__ = ["NESTED_VMAP_SUPPORTED", "check_nested_vmap", "is_autocast_available", "register_vmap"]
+
+TORCH_RELEASE = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+NESTED_VMAP_SUPPORTED = TORCH_RELEASE >= (2, 7)
 
 
 def _register_vmap_before_2_5(qualname, func=None, /, *, lib=None):
@@ -73,3 +82,16 @@ register_vmap = getattr(torch.library, "register_vmap", _register_vmap_before_2_
 def is_autocast_available(device_type):
     """Whether torch.autocast exists for this device type (torch.amp.is_autocast_available)."""
     return device_type in ("cpu", "cuda") or torch.amp.is_autocast_available(device_type)
+
+
+def check_nested_vmap():
+    """Call under functorch transforms: RuntimeError where this torch cannot run the layers under nested vmap."""
+    if NESTED_VMAP_SUPPORTED:
+        return
+    stack = torch._C._functorch.get_interpreter_stack() or []
+    if sum(1 for interpreter in stack if interpreter.key() == TransformType.Vmap) >= 2:
+        raise RuntimeError(
+            "torch_manualbp: its layers under nested vmap (torch.func.hessian, jacrev or jacfwd of a jacobian, "
+            f"vmap of vmap) need torch 2.7 or newer; torch {torch.__version__} fails inside torch.func there. "
+            "One vmap level (vmap, jacrev, jacfwd, vmap(grad) for per-sample gradients) and grad, vjp, jvp work."
+        )

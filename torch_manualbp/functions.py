@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _C
+from ._compat import check_nested_vmap
 
 _ops = torch.ops.torch_manualbp
 _linear_sigmoid_forward = _ops.linear_sigmoid_forward.default
@@ -72,6 +73,8 @@ def apply_layer(function, op, *args):
     """
     if torch.compiler.is_compiling():
         return op(*args)
+    if _functorch_active():
+        check_nested_vmap()
     return function.apply(*args)
 
 
