@@ -11,9 +11,10 @@ and a stand-in with the same behaviour where it does not:
                           2.8 at least) cannot trace that call and breaks the graph there
   check_nested_vmap       raises a clear error where the layers run under two or more vmap levels at once
                           (torch.func.hessian, jacrev/jacfwd of a jacobian, vmap of vmap) and the torch is
-                          older than 2.7, whose functorch fails there ("savedLocalDispatchKeySet_ INTERNAL
-                          ASSERT FAILED" in 2.4 and 2.5, "_add_batch_dim(): incompatible function
-                          arguments" in 2.6); a single transform, and vmap(grad), work on every torch
+                          older than 2.8: functorch fails there in 2.4 and 2.5 ("savedLocalDispatchKeySet_
+                          INTERNAL ASSERT FAILED") and 2.6 ("_add_batch_dim(): incompatible function
+                          arguments"); 2.8 passes, 2.7 was not tried. One vmap level (vmap(grad) included)
+                          works on every torch
 """
 import torch
 from torch._C._functorch import TransformType
@@ -21,7 +22,7 @@ from torch._C._functorch import TransformType
 __all__ = ["NESTED_VMAP_SUPPORTED", "check_nested_vmap", "is_autocast_available", "register_vmap"]
 
 TORCH_RELEASE = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-NESTED_VMAP_SUPPORTED = TORCH_RELEASE >= (2, 7)
+NESTED_VMAP_SUPPORTED = TORCH_RELEASE >= (2, 8)
 
 
 def _register_vmap_before_2_5(qualname, func=None, /, *, lib=None):
@@ -92,6 +93,6 @@ def check_nested_vmap():
     if sum(1 for interpreter in stack if interpreter.key() == TransformType.Vmap) >= 2:
         raise RuntimeError(
             "torch_manualbp: its layers under nested vmap (torch.func.hessian, jacrev or jacfwd of a jacobian, "
-            f"vmap of vmap) need torch 2.7 or newer; torch {torch.__version__} fails inside torch.func there. "
+            f"vmap of vmap) need torch 2.8 or newer; torch {torch.__version__} fails inside torch.func there. "
             "One vmap level (vmap, jacrev, jacfwd, vmap(grad) for per-sample gradients) and grad, vjp, jvp work."
         )
