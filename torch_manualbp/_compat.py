@@ -9,12 +9,14 @@ and a stand-in with the same behaviour where it does not:
   is_autocast_available   torch.amp.is_autocast_available, answered without calling torch for "cpu" and
                           "cuda", which have autocast in every torch: torch.compile of older torch (2.4 to
                           2.8 at least) cannot trace that call and breaks the graph there
-  check_nested_vmap       raises a clear error where the layers run under two or more vmap levels at once
-                          (torch.func.hessian, jacrev/jacfwd of a jacobian, vmap of vmap) and the torch is
-                          older than 2.8: functorch fails there in 2.4 and 2.5 ("savedLocalDispatchKeySet_
-                          INTERNAL ASSERT FAILED") and 2.6 ("_add_batch_dim(): incompatible function
-                          arguments"); 2.8 passes, 2.7 was not tried. One vmap level (vmap(grad) included)
-                          works on every torch
+  check_nested_vmap       raises a clear error where a layer is applied under two or more vmap levels at
+                          once (vmap of vmap) and the torch is older than 2.8, whose functorch fails under
+                          nested vmap: 2.4 and 2.5 "savedLocalDispatchKeySet_ INTERNAL ASSERT FAILED", 2.6
+                          "_add_batch_dim(): incompatible function arguments"; 2.8 passes, 2.7 was not
+                          tried. Where the second level only wraps the backward (torch.func.hessian,
+                          jacrev of jacrev) the layers cannot see it coming: torch's own error is raised
+                          there, or the right values come out. One vmap level (vmap(grad) included) works
+                          on every torch
 """
 import torch
 from torch._C._functorch import TransformType
