@@ -15,9 +15,9 @@ CUDA_ARCH_LIST ?= 9.0
 CUDA_MAX_JOBS ?= 2
 CUDA_PY := $(CUDA_VENV)/bin/python
 
-SOURCES := setup.py pyproject.toml $(shell find csrc torch_manualbp -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.py' | grep -v _build_config.py)
+SOURCES := setup.py pyproject.toml cuda_build_choice.py $(shell find csrc torch_manualbp -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.py' | grep -v _build_config.py)
 
-.PHONY: test sanitize demo install cuda-build cuda-resources clean
+.PHONY: test sanitize demo install cuda-build cuda-resources test-torch wheel-check clean
 
 $(VENV)/.deps:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,35 @@ cuda-build: $(CUDA_VENV)/.built
 # kernel's __launch_bounds__. Fails when a kernel has none or its registers would not fit the block.
 cuda-resources: $(CUDA_VENV)/.built
 	$(CUDA_PY) tools/cuda_resources.py --jobs $(CUDA_MAX_JOBS)
+
+# `make test-torch TORCH_VERSION=2.4.1 VENV=.venv-torch-2.4.1`: the same build and suite against another torch
+# release, in its own environment (the oldest supported one in CI: README, Install). The registry's torch
+# is a CUDA build of several GB; where its CUDA major differs from the nvcc on PATH, the build is CPU-only
+# with setup.py's warning, as a user's would be. REMOVE_VENV=1 deletes the environment and build folder
+# afterwards (disk). info and check first: what a user runs to see that an install works.
+REMOVE_VENV ?=
+test-torch: $(VENV)/.built
+	cd tests && ../$(PY) -m torch_manualbp info
+	cd tests && ../$(PY) -m torch_manualbp check
+	cd tests && ../$(PY) -m pytest -q $(PYTEST_ARGS)
+	if [ "$(REMOVE_VENV)" = 1 ]; then rm -rf $(VENV) build/torch-$(TORCH_VERSION)*; fi
+
+# `make wheel-check`: the sdist holds what a build needs (.ci/check_sdist.py lists it against git); the wheel
+# of `pip wheel --no-build-isolation .` pins the torch it was compiled against (Requires-Dist: torch==X.Y.Z)
+# and, installed with that torch into a fresh environment, passes `python -m torch_manualbp check`.
+WHEEL_DIR := dist
+WHEEL_VENV ?= .venv-wheel
+wheel-check: $(VENV)/.built
+	rm -rf $(WHEEL_DIR) $(WHEEL_VENV)
+	$(PIP) install -q build
+	$(PY) -m build --sdist --no-isolation --outdir $(WHEEL_DIR) . > /dev/null
+	$(PY) .ci/check_sdist.py $(WHEEL_DIR)/torch_manualbp-*.tar.gz
+	$(PIP) wheel -q --no-build-isolation --no-deps --wheel-dir $(WHEEL_DIR) .
+	$(PY) .ci/check_wheel_pin.py $(WHEEL_DIR)/torch_manualbp-*.whl
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install -q $(WHEEL_DIR)/torch_manualbp-*.whl
+	cd $(WHEEL_DIR) && ../$(WHEEL_VENV)/bin/python -m torch_manualbp check
+	rm -rf $(WHEEL_VENV)
 
 clean:
 	rm -rf build dist *.egg-info torch_manualbp/*.so torch_manualbp/_build_config.py

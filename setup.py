@@ -9,7 +9,9 @@ Layout of the build:
                                (no GPU needed: build machines often have none)
 
 Environment variables:
-  FORCE_CUDA=1                 build the CUDA kernels or fail saying why (never a silent CPU-only build)
+  FORCE_CUDA=1                 build the CUDA kernels or fail saying why; without it, a CUDA build of torch
+                               with no CUDA toolkit, or one whose major version differs from torch's, gets
+                               a CPU-only build and a warning naming both (cuda_build_choice.py)
   TORCH_MANUALBP_NO_CUDA=1     never build the CUDA kernels (wins over FORCE_CUDA)
   TORCH_CUDA_ARCH_LIST         CUDA architectures, e.g. "9.0" or "8.0;9.0+PTX"; unset: the visible GPUs', or
                                with none visible every architecture this torch was built for
@@ -29,6 +31,8 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)
+import cuda_build_choice  # noqa: E402  (the CUDA yes/no decision, beside this file)
 
 
 def _env_flag(name):
@@ -80,23 +84,22 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
-def _cuda_problem():
-    """Why a CUDA build is impossible here, or None when a CUDA torch and a toolkit are both present."""
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is not a CUDA build"
-    if CUDA_HOME is None or not _is_cuda_toolkit(CUDA_HOME):
-        return f"no CUDA toolkit found (CUDA_HOME={CUDA_HOME!r}; put nvcc on PATH or set CUDA_HOME)"
-    return None
-
-
-def _want_cuda():
-    if _env_flag("TORCH_MANUALBP_NO_CUDA"):
-        return False
-    problem = _cuda_problem()
-    if _env_flag("FORCE_CUDA") and problem is not None:
-        sys.exit(f"torch_manualbp: FORCE_CUDA=1 but the CUDA kernels cannot be built: {problem}")
-    # A build machine often has no GPU: a CUDA build of torch plus a toolkit is enough.
-    return problem is None
+def _cuda_choice():
+    """Whether to build the CUDA kernels, and why (cuda_build_choice.py)."""
+    toolkit = CUDA_HOME if CUDA_HOME is not None and _is_cuda_toolkit(CUDA_HOME) else None
+    choice = cuda_build_choice.choose(
+        torch.__version__,
+        torch.version.cuda,
+        toolkit,
+        cuda_build_choice.toolkit_version(os.path.join(toolkit, "bin", "nvcc")) if toolkit else None,
+        force_cuda=_env_flag("FORCE_CUDA"),
+        no_cuda=_env_flag("TORCH_MANUALBP_NO_CUDA"),
+    )
+    if choice.error:
+        sys.exit("torch_manualbp: " + choice.error)
+    if choice.warning:
+        print("\n" + "=" * 100 + "\n" + choice.warning + "\n" + "=" * 100 + "\n", file=sys.stderr, flush=True)
+    return choice
 
 
 def _cuda_include_dirs():
@@ -120,7 +123,8 @@ def _default_cuda_arch_list():
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 DEBUG = _env_flag("TORCH_MANUALBP_DEBUG") or _env_flag("TORCH_MANUALBP_SANITIZE")
 SANITIZE = _env_flag("TORCH_MANUALBP_SANITIZE")
-WITH_CUDA = _want_cuda()
+CUDA_CHOICE = _cuda_choice()
+WITH_CUDA = CUDA_CHOICE.build
 if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:
     _arch_list = _default_cuda_arch_list()
     if _arch_list:
@@ -211,6 +215,7 @@ def write_build_config():
     config = {
         "torch_version": torch.__version__,
         "cuda": WITH_CUDA,
+        "cuda_reason": CUDA_CHOICE.reason,
         "cuda_version": torch.version.cuda if WITH_CUDA else None,
         "cuda_home": CUDA_HOME if WITH_CUDA else None,
         "cuda_arch_list": (os.environ.get("TORCH_CUDA_ARCH_LIST") or "the visible GPUs'") if WITH_CUDA else None,
@@ -230,7 +235,13 @@ def write_build_config():
 
 write_build_config()
 
+# The C++ ABI ties the compiled module to the torch release it was compiled against: a wheel says so in its
+# metadata (Requires-Dist: torch==X.Y.Z; any local variant, +cpu or +cu130, satisfies it), and
+# torch_manualbp/_build_check.py refuses at import a build made for another release.
+TORCH_RELEASE = torch.__version__.split("+")[0]
+
 setup(
+    install_requires=[f"torch=={TORCH_RELEASE}"],
     ext_modules=[extension()],
     cmdclass={"build_ext": SimdBuildExtension.with_options(use_ninja=True)},
     # One build folder per torch: `make test` (CPU torch) and `make cuda-build` (CUDA torch) build from the same

@@ -291,7 +291,7 @@ Prepared prepare(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_forward_impl(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& linear_bias,
-    const at::Tensor& target, const std::optional<at::Tensor>& weight, std::string_view reduction,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
     int64_t ignore_index, double label_smoothing, double lse_square_scale, std::optional<double> softcap,
     std::array<bool, 3> grad_mask, int64_t chunk_budget, RowKernel rows) {
   const LinearCrossEntropyOptions options = parse_linear_cross_entropy_options(
@@ -341,7 +341,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_impl(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
     const std::optional<at::Tensor>& linear_bias, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
     std::optional<double> softcap, std::array<bool, 4> output_mask, int64_t chunk_budget, RowKernel rows) {
   const LinearCrossEntropyOptions options = parse_linear_cross_entropy_options(
       kBackward, reduction, ignore_index, label_smoothing, lse_square_scale, softcap, chunk_budget);
@@ -413,7 +413,7 @@ void cpu_rows(const LogitsChunkTensors& chunk) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& linear_bias,
-    const at::Tensor& target, const std::optional<at::Tensor>& weight, std::string_view reduction,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
     int64_t ignore_index, double label_smoothing, double lse_square_scale, std::optional<double> softcap,
     std::array<bool, 3> grad_mask, int64_t chunk_budget) {
   return linear_cross_entropy_forward_impl(
@@ -424,7 +424,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
     const std::optional<at::Tensor>& linear_bias, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
     std::optional<double> softcap, std::array<bool, 4> output_mask, int64_t chunk_budget) {
   return linear_cross_entropy_backward_impl(
       grad_loss, input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,

@@ -95,7 +95,7 @@ LinearCrossEntropyShape check_common(
 }  // namespace
 
 LinearCrossEntropyOptions parse_linear_cross_entropy_options(
-    const char* op, std::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    const char* op, c10::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
     std::optional<double> softcap, int64_t chunk_budget) {
   LinearCrossEntropyOptions options;
   options.reduction = parse_reduction(reduction);

@@ -8,7 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
-#include <string_view>
+#include <c10/util/string_view.h>
 #include <vector>
 
 #include "softmax_cross_entropy_args.h"
@@ -50,7 +50,7 @@ LinearCrossEntropyShape check_linear_cross_entropy_backward(
 // The options of an op call, parsed and range-checked (reduction, label_smoothing, lse_square_scale,
 // softcap, chunk_budget), with torch's exception types.
 LinearCrossEntropyOptions parse_linear_cross_entropy_options(
-    const char* op, std::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    const char* op, c10::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
     std::optional<double> softcap, int64_t chunk_budget);
 
 }  // namespace torch_manualbp

@@ -7,7 +7,7 @@
 
 #include <array>
 #include <optional>
-#include <string_view>
+#include <c10/util/string_view.h>
 #include <tuple>
 
 #include "linear_cross_entropy_args.h"
@@ -40,7 +40,7 @@ using RowKernel = void (*)(const LogitsChunkTensors& chunk);
 // cross-chunk accumulators), grad_input in the input's dtype; what grad_mask leaves out is empty.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_forward_impl(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& linear_bias,
-    const at::Tensor& target, const std::optional<at::Tensor>& weight, std::string_view reduction,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
     int64_t ignore_index, double label_smoothing, double lse_square_scale, std::optional<double> softcap,
     std::array<bool, 3> grad_mask, int64_t chunk_budget, RowKernel rows);
 
@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_impl(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
     const std::optional<at::Tensor>& linear_bias, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
     std::optional<double> softcap, std::array<bool, 4> output_mask, int64_t chunk_budget, RowKernel rows);
 
 }  // namespace torch_manualbp

@@ -38,7 +38,7 @@ void check_index_target_shape(const char* op, const at::Tensor& input, const at:
 
 SoftmaxCrossEntropyShape check_common(
     const char* op, const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing) {
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
   SoftmaxCrossEntropyShape shape;
   shape.reduction = parse_reduction(reduction);
   check_floating(op, "input", input);
@@ -91,7 +91,7 @@ SoftmaxCrossEntropyShape check_common(
 
 }  // namespace
 
-LossReduction parse_reduction(std::string_view reduction) {
+LossReduction parse_reduction(c10::string_view reduction) {
   if (reduction == "none") return LossReduction::kNone;
   if (reduction == "mean") return LossReduction::kMean;
   TORCH_CHECK_VALUE(
@@ -118,7 +118,7 @@ at::Tensor weight_for_kernels(const std::optional<at::Tensor>& weight, at::Scala
 
 SoftmaxCrossEntropyShape check_softmax_cross_entropy_forward(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing) {
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
   return check_common(kForward, input, target, weight, reduction, ignore_index, label_smoothing);
 }
 
@@ -126,7 +126,7 @@ SoftmaxCrossEntropyShape check_softmax_cross_entropy_backward(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& max_logit, const at::Tensor& log_sum,
     const at::Tensor& normalizer,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing) {
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
   SoftmaxCrossEntropyShape shape =
       check_common(kBackward, input, target, weight, reduction, ignore_index, label_smoothing);
   const at::ScalarType stats_dtype = softmax_stats_dtype(input.scalar_type());

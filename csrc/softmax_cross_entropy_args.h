@@ -6,13 +6,16 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <string_view>
+#include <c10/util/string_view.h>
 
 #include <optional>
 #include <tuple>
 #include <vector>
 
 namespace torch_manualbp {
+
+// The schemas' `str reduction` arrives as c10::string_view: std::string_view itself in torch >= 2.6, its
+// own class before, which the dispatcher of older torch requires in a kernel's signature.
 
 // Class indices (int64 or uint8, the input's shape without the class dim) or class probabilities
 // (floating, the input's dtype and exact shape).
@@ -33,7 +36,7 @@ struct SoftmaxCrossEntropyShape {
 };
 
 // 'none', 'mean' or 'sum'; anything else is a ValueError with torch's wording.
-LossReduction parse_reduction(std::string_view reduction);
+LossReduction parse_reduction(c10::string_view reduction);
 
 // float32 for float16/bfloat16 input, else the input's dtype: the type of max_logit, log_sum and normalizer.
 at::ScalarType softmax_stats_dtype(at::ScalarType input_dtype);
@@ -49,7 +52,7 @@ at::Tensor weight_for_kernels(const std::optional<at::Tensor>& weight, at::Scala
 // Checks input, target, weight, reduction, ignore_index and label_smoothing; returns the shapes.
 SoftmaxCrossEntropyShape check_softmax_cross_entropy_forward(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing);
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing);
 
 // The forward's checks plus grad_loss (the loss's shape), max_logit and log_sum (position_sizes,
 // softmax_stats_dtype) and normalizer (0-dim, softmax_stats_dtype).
@@ -57,6 +60,6 @@ SoftmaxCrossEntropyShape check_softmax_cross_entropy_backward(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& max_logit, const at::Tensor& log_sum,
     const at::Tensor& normalizer,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing);
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing);
 
 }  // namespace torch_manualbp

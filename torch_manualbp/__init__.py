@@ -7,6 +7,7 @@ torch.autograd.Function whose forward and backward call ops registered under tor
 """
 import torch  # noqa: F401  (first: _C links against it)
 
+from . import _build_check  # noqa: F401  (refuses a build made for another torch, before _C is loaded)
 from . import _C  # noqa: F401  (registers torch.ops.torch_manualbp.*)
 from . import layers  # noqa: F401  (autograd, fake kernels, batching rules and autocast of the ops)
 from . import functional

@@ -235,7 +235,7 @@ void cuda_rows(const LogitsChunkTensors& chunk) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& linear_bias,
-    const at::Tensor& target, const std::optional<at::Tensor>& weight, std::string_view reduction,
+    const at::Tensor& target, const std::optional<at::Tensor>& weight, c10::string_view reduction,
     int64_t ignore_index, double label_smoothing, double lse_square_scale, std::optional<double> softcap,
     std::array<bool, 3> grad_mask, int64_t chunk_budget) {
   const at::cuda::CUDAGuard guard(input.device());
@@ -247,7 +247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& linear_weight,
     const std::optional<at::Tensor>& linear_bias, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
     std::optional<double> softcap, std::array<bool, 4> output_mask, int64_t chunk_budget) {
   const at::cuda::CUDAGuard guard(input.device());
   return linear_cross_entropy_backward_impl(

@@ -331,7 +331,7 @@ at::Tensor target_for_kernels(const at::Tensor& target, TargetKind kind) {
 // ---- ops ------------------------------------------------------------------------------------------------
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cuda(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    std::string_view reduction, int64_t ignore_index, double label_smoothing) {
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
   const SoftmaxCrossEntropyShape shape = check_softmax_cross_entropy_forward(
       input, target, weight, reduction, ignore_index, label_smoothing);
   const c10::cuda::CUDAGuard device_guard(input.device());
@@ -379,7 +379,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy
 std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& max_logit, const at::Tensor& log_sum,
-    const at::Tensor& normalizer, std::string_view reduction, int64_t ignore_index, double label_smoothing,
+    const at::Tensor& normalizer, c10::string_view reduction, int64_t ignore_index, double label_smoothing,
     std::array<bool, 2> output_mask) {
   const SoftmaxCrossEntropyShape shape = check_softmax_cross_entropy_backward(
       grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing);

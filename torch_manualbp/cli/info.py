@@ -33,6 +33,7 @@ def rows():
         ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
         ("python", f"{platform.python_version()} on {platform.machine()} {platform.system()}"),
         ("backends compiled", "CPU, CUDA" if cuda_built else "CPU"),
+        ("CUDA kernels", ("built: " if cuda_built else "not built: ") + (build or {}).get("cuda_reason", "reason not recorded")),
         ("GPU", gpu),
         ("CPU kernels SIMD level", f"{_C.cpu_simd_level()} (ATen's own: {torch.backends.cpu.get_cpu_capability()})"),
         ("OpenMP", "yes" if _C.built_with_openmp() else "no (the CPU kernels run on one thread)"),

@@ -10,6 +10,8 @@ import dataclasses
 
 import torch
 
+from .._compat import check_nested_vmap, is_autocast_available
+
 functorch_active = torch._C._are_functorch_transforms_active
 _is_compiling = torch.compiler.is_compiling
 
@@ -49,6 +51,8 @@ def apply_layer(function, op, *args):
     """
     if torch.compiler.is_compiling():
         return op(*args)
+    if functorch_active():
+        check_nested_vmap()
     return function.apply(*args)
 
 
@@ -101,7 +105,7 @@ def _cast_dtype(policy, device_type):
     """The dtype autocast asks for on this device type, None where autocast is off."""
     if not torch._C._is_any_autocast_enabled():  # the common case, answered in one call
         return None
-    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+    if not is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type) if policy == LOWER_PRECISION else torch.float32
 

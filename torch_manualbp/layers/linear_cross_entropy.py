@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
+from .._compat import register_vmap
 from ._common import (
     LOWER_PRECISION,
     NonTensorArgs,
@@ -468,7 +469,7 @@ def _backward_fake(grad_loss, input, linear_weight, linear_bias, target, weight,
 # The op takes any leading token dims, so a vmapped input and target fold into them when the loss is per
 # token ('none') and the parameters are shared; everything else (per-sample reductions, per-sample weights
 # or weight gradients) runs per sample.
-@torch.library.register_vmap("torch_manualbp::linear_cross_entropy_forward")
+@register_vmap("torch_manualbp::linear_cross_entropy_forward")
 def _forward_vmap(info, in_dims, input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
                   label_smoothing, lse_square_scale, softcap, grad_mask, chunk_budget):
     input_bdim, weight_bdims, target_bdim = in_dims[0], (in_dims[1], in_dims[2], in_dims[4]), in_dims[3]
@@ -484,7 +485,7 @@ def _forward_vmap(info, in_dims, input, linear_weight, linear_bias, target, weig
     return results, (0, None, None, None)
 
 
-@torch.library.register_vmap("torch_manualbp::linear_cross_entropy_backward")
+@register_vmap("torch_manualbp::linear_cross_entropy_backward")
 def _backward_vmap(info, in_dims, grad_loss, input, linear_weight, linear_bias, target, weight, reduction,
                    ignore_index, label_smoothing, lse_square_scale, softcap, output_mask, chunk_budget):
     args = (grad_loss, input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,

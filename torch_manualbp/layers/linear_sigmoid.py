@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _C
+from .._compat import register_vmap
 from ._common import (
     LOWER_PRECISION,
     NonTensorArgs,
@@ -240,7 +241,7 @@ def _linear_sigmoid_backward_fake(grad_output, input, weight, output, bias_sizes
 # weight or a per-sample weight gradient (the op sums over the leading dims): one op call per sample.
 
 
-@torch.library.register_vmap("torch_manualbp::linear_sigmoid_forward")
+@register_vmap("torch_manualbp::linear_sigmoid_forward")
 def _linear_sigmoid_forward_vmap(info, in_dims, input, weight, bias):
     input_bdim, weight_bdim, bias_bdim = in_dims
     if weight_bdim is not None:
@@ -251,7 +252,7 @@ def _linear_sigmoid_forward_vmap(info, in_dims, input, weight, bias):
     return _ops.linear_sigmoid_forward.default(input, weight, bias), 0
 
 
-@torch.library.register_vmap("torch_manualbp::linear_sigmoid_backward")
+@register_vmap("torch_manualbp::linear_sigmoid_backward")
 def _linear_sigmoid_backward_vmap(info, in_dims, grad_output, input, weight, output, bias_sizes, output_mask):
     grad_output_bdim, input_bdim, weight_bdim, output_bdim = in_dims[:4]
     want_input, want_weight, want_bias = output_mask

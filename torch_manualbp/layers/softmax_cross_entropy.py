@@ -16,6 +16,7 @@ rule: float32).
 """
 import torch
 
+from .._compat import register_vmap
 from ._common import (
     FLOAT32,
     NonTensorArgs,
@@ -396,7 +397,7 @@ def _position_folding(batch_size, input, input_bdim):
     return fold, unfold
 
 
-@torch.library.register_vmap("torch_manualbp::softmax_cross_entropy_forward")
+@register_vmap("torch_manualbp::softmax_cross_entropy_forward")
 def _softmax_cross_entropy_forward_vmap(info, in_dims, input, target, weight, reduction, ignore_index, label_smoothing):
     """reduction='none' folds the samples into the positions (the normalizer is 1 for all); 'mean' and
     'sum' reduce over each sample, with each sample's normalizer, and run per sample."""
@@ -411,7 +412,7 @@ def _softmax_cross_entropy_forward_vmap(info, in_dims, input, target, weight, re
     return (unfold(loss), unfold(max_logit), unfold(log_sum), normalizer), (0, 0, 0, None)
 
 
-@torch.library.register_vmap("torch_manualbp::softmax_cross_entropy_backward")
+@register_vmap("torch_manualbp::softmax_cross_entropy_backward")
 def _softmax_cross_entropy_backward_vmap(
     info, in_dims, grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index,
     label_smoothing, output_mask,
