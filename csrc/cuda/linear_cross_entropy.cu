@@ -28,15 +28,9 @@ using cuda::block_max;
 using cuda::block_sum;
 using cuda::exp_of;
 using cuda::log_of;
+using cuda::tanh_of;
 
 constexpr int kRowThreads = 512;
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t tanh_of(acc_t x);
-template <>
-__device__ __forceinline__ float tanh_of(float x) { return ::tanhf(x); }
-template <>
-__device__ __forceinline__ double tanh_of(double x) { return ::tanh(x); }
 
 template <typename scalar_t>
 struct RowArgs {
