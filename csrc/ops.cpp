@@ -22,20 +22,23 @@ TORCH_LIBRARY(torch_manualbp, m) {
       "linear_sigmoid_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor output, "
       "SymInt[]? bias_sizes, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 
-  // (loss, max_logit, log_sum, normalizer): loss as F.cross_entropy returns it; per position (input's
-  // shape without the class dim, float32 for float16/bfloat16 input) the softmax statistics
-  // m = max_c x_c and log s = log sum_c exp(x_c - m), kept apart (logsumexp = m + log s) so that the
-  // backward forms softmax = exp(x - m) / s at full precision for logits of any size; normalizer a
-  // 0-dim tensor the loss was divided by (the total target weight or count for 'mean', 1 otherwise).
+  // (loss, max_logit, log_sum, normalizer): loss as F.cross_entropy returns it, plus the z-loss
+  // lse_square_scale * lse^2 per non-ignored position, of the logits softcap * tanh(x / softcap) when softcap is
+  // given; per position (input's shape without the class dim, float32 for float16/bfloat16 input) the softmax
+  // statistics m = max_c x_c and log s = log sum_c exp(x_c - m) of those logits, kept apart (logsumexp =
+  // m + log s) so that the backward forms softmax = exp(x - m) / s at full precision for logits of any size;
+  // normalizer a 0-dim tensor the cross-entropy was divided by (the total target weight or count for 'mean',
+  // 1 otherwise; the z-loss's 'mean' divides by the number of non-ignored positions).
   m.def(
       "softmax_cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, str reduction, "
-      "SymInt ignore_index, float label_smoothing) -> (Tensor, Tensor, Tensor, Tensor)");
+      "SymInt ignore_index, float label_smoothing, float lse_square_scale=0.0, float? softcap=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // (grad_input, grad_target): grad_target only for probability targets and when output_mask[1];
   // what output_mask leaves out is an empty tensor.
   m.def(
       "softmax_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
       "Tensor max_logit, Tensor log_sum, Tensor normalizer, str reduction, SymInt ignore_index, float label_smoothing, "
-      "bool[2] output_mask) -> (Tensor, Tensor)");
+      "bool[2] output_mask, float lse_square_scale=0.0, float? softcap=None) -> (Tensor, Tensor)");
 
   // (loss, grad_input, grad_linear_weight, grad_linear_bias) of F.cross_entropy(F.linear(input, linear_weight,
   // linear_bias), target, ...) plus the z-loss lse_square_scale * lse^2 and the softcap s * tanh(z / s), computed

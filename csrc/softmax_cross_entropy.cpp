@@ -1,6 +1,6 @@
 // SoftmaxCrossEntropy on the CPU: softmax over the class dim 1 fused with the cross-entropy of
 // F.cross_entropy (class-index or class-probability targets, class weights w, ignore_index, label
-// smoothing eps, reductions 'none' / 'mean' / 'sum').
+// smoothing eps, reductions 'none' / 'mean' / 'sum'), and optionally a softcap of the logits and a z-loss.
 //
 // One position i is one distribution over C classes (the batch and spatial dims only enumerate them):
 //   m = max_c x_c,   s = sum_c exp(x_c - m),   lse = m + log s,   y_c = softmax_c = exp((x_c - m) - log s).
@@ -42,9 +42,24 @@
 // as accurate at logits of 1e7 as at 0 (torch's log_softmax also subtracts m first), while x - lse from
 // a float32 lse would lose ulp(lse) ~ 1e-3 of the exponent at logits of 1e4.
 //
+// Softcap and z-loss, the two options of language-model heads (the semantics of LinearCrossEntropy,
+// csrc/linear_cross_entropy.cpp). With a softcap s, every x above is the softcapped logit
+//     x'_c = s tanh(z_c / s)        (z the input),      d x'_c / d z_c = 1 - tanh^2(z_c / s) = 1 - (x'_c / s)^2,
+// and max_logit, log_sum are those of x'. The z-loss adds lambda lse_i^2 (lse of x') per non-ignored position
+// (probability targets: every position): 'none' adds it to each position, 'sum' to the sum, and 'mean'
+// divides it by N_z, the number of non-ignored positions, while the cross-entropy keeps its normalizer:
+//     loss = sum_i ce_i / normalizer + lambda sum_i lse_i^2 / N_z.
+// With d (lambda lse^2) / d x'_j = 2 lambda lse y_j and gz_i = grad_loss_i / N_z (grad_loss for 'sum', 'none'):
+//     grad_input_ij = (g_i (y_ij A_i - a_ij) + gz_i 2 lambda lse_i y_ij) (1 - (x'_ij / s)^2)
+//                   = (exp(x'_ij - m_i) (g_i A_i + gz_i 2 lambda lse_i) / s_i - g_i a_ij) (1 - (x'_ij / s)^2)
+// The z-loss changes only the per-position factor of exp(x' - m) (softmax_factor, cpu/cross_entropy_position.h,
+// which the LinearCrossEntropy row kernel calls too); the softcap transforms each block of logits before the
+// same loops read it and multiplies each block of the gradient by its derivative once formed. grad_target
+// keeps its formula, in x'. The backward counts N_z itself (z_loss_normalizer: ATen, on the input's device).
+//
 // Non-finite rows, as torch: a row holding NaN or +inf, or only -inf, has NaN loss (0 when ignored) and
 // NaN gradient (also when ignored: torch's log_softmax backward gives 0 * NaN there); -inf logits in a
-// finite row have probability exactly 0.
+// finite row have probability exactly 0 (with a softcap, +-inf become +-s, as in the composite).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -58,7 +73,7 @@ namespace {
 
 cpu::CrossEntropyProblem make_problem(
     const SoftmaxCrossEntropyShape& shape, const at::Tensor& input, const at::Tensor& target, const at::Tensor& weight,
-    int64_t ignore_index, double label_smoothing) {
+    int64_t ignore_index, double label_smoothing, double lse_square_scale, std::optional<double> softcap) {
   cpu::CrossEntropyProblem problem;
   problem.dtype = input.scalar_type();
   problem.input = input.const_data_ptr();
@@ -71,14 +86,17 @@ cpu::CrossEntropyProblem make_problem(
   problem.inner = shape.inner;
   problem.ignore_index = ignore_index;
   problem.label_smoothing = label_smoothing;
+  problem.lse_square_scale = lse_square_scale;
+  problem.softcap = softcap.value_or(0.0);
   return problem;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cpu(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
-  const SoftmaxCrossEntropyShape shape =
-      check_softmax_cross_entropy_forward(input, target, weight, reduction, ignore_index, label_smoothing);
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    std::optional<double> softcap) {
+  const SoftmaxCrossEntropyShape shape = check_softmax_cross_entropy_forward(
+      input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap);
   const at::ScalarType acc_dtype = softmax_stats_dtype(input.scalar_type());
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
@@ -87,9 +105,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy
 
   at::Tensor loss, max_logit, log_sum, normalizer;
   std::tie(loss, max_logit, log_sum, normalizer) = empty_forward_outputs(shape, input);
-  at::Tensor block_sums = at::empty(
-      {per_position ? 0 : 2 * cpu::loss_blocks(shape.outer, shape.classes, shape.inner)},
-      input.options().dtype(acc_dtype));
+  const int64_t blocks = per_position ? 0 : cpu::loss_blocks(shape.outer, shape.classes, shape.inner);
+  at::Tensor block_sums = at::empty({2 * blocks}, input.options().dtype(acc_dtype));
+  at::Tensor z_block_sums = at::empty({lse_square_scale > 0 ? 2 * blocks : 0}, input.options().dtype(acc_dtype));
 
   cpu::CrossEntropyForwardOutputs out;
   out.loss = loss.data_ptr();
@@ -99,8 +117,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy
   out.log_sum = log_sum.data_ptr();
   out.normalizer = normalizer.data_ptr();
   out.block_sums = block_sums.data_ptr();
+  out.z_block_sums = !per_position && lse_square_scale > 0 ? z_block_sums.data_ptr() : nullptr;
   cpu::softmax_cross_entropy_kernels_for_this_cpu().forward(
-      make_problem(shape, x, t, w, ignore_index, label_smoothing), out);
+      make_problem(shape, x, t, w, ignore_index, label_smoothing, lse_square_scale, softcap), out);
   return {loss, max_logit, log_sum, normalizer};
 }
 
@@ -108,9 +127,10 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& max_logit, const at::Tensor& log_sum,
     const at::Tensor& normalizer, c10::string_view reduction, int64_t ignore_index, double label_smoothing,
-    std::array<bool, 2> output_mask) {
+    std::array<bool, 2> output_mask, double lse_square_scale, std::optional<double> softcap) {
   const SoftmaxCrossEntropyShape shape = check_softmax_cross_entropy_backward(
-      grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing);
+      grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing,
+      lse_square_scale, softcap);
   const bool want_input = output_mask[0];
   const bool want_target = output_mask[1] && shape.target_kind == TargetKind::kProbability;
   const auto nothing = [&] { return unrequested_output(input); };
@@ -122,6 +142,8 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cpu(
   const at::Tensor grad_loss_values = grad_loss.contiguous();
   const at::Tensor m = max_logit.contiguous();
   const at::Tensor log_s = log_sum.contiguous();
+  const at::Tensor z_normalizer =
+      z_loss_normalizer(shape, target, ignore_index, lse_square_scale, max_logit.scalar_type());
   // The logits' size: faulted in huge pages where the OS allows (huge_pages.h), whatever PyTorch's allocator does.
   at::Tensor grad_input = empty_large(input.sizes(), input.options());
   at::Tensor grad_target = want_target ? empty_large(input.sizes(), input.options()) : nothing();
@@ -132,10 +154,11 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cpu(
   args.max_logit = m.const_data_ptr();
   args.log_sum = log_s.const_data_ptr();
   args.normalizer = normalizer.const_data_ptr();
+  args.z_normalizer = z_normalizer.defined() ? z_normalizer.const_data_ptr() : nullptr;
   args.grad_input = grad_input.data_ptr();
   args.grad_target = want_target ? grad_target.data_ptr() : nullptr;
   cpu::softmax_cross_entropy_kernels_for_this_cpu().backward(
-      make_problem(shape, x, t, w, ignore_index, label_smoothing), args);
+      make_problem(shape, x, t, w, ignore_index, label_smoothing, lse_square_scale, softcap), args);
   return {want_input ? grad_input : nothing(), grad_target};
 }
 

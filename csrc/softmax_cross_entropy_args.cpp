@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "checks.h"
 
 namespace torch_manualbp {
@@ -38,7 +40,8 @@ void check_index_target_shape(const char* op, const at::Tensor& input, const at:
 
 SoftmaxCrossEntropyShape check_common(
     const char* op, const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    std::optional<double> softcap) {
   SoftmaxCrossEntropyShape shape;
   shape.reduction = parse_reduction(reduction);
   check_floating(op, "input", input);
@@ -69,6 +72,12 @@ SoftmaxCrossEntropyShape check_common(
   TORCH_CHECK(
       label_smoothing >= 0.0 && label_smoothing <= 1.0, op, ": label_smoothing must be between 0.0 and 1.0. Got: ",
       label_smoothing);
+  TORCH_CHECK(
+      std::isfinite(lse_square_scale) && lse_square_scale >= 0.0, op,
+      ": expected lse_square_scale to be a finite number >= 0, but got lse_square_scale=", lse_square_scale);
+  TORCH_CHECK(
+      !softcap.has_value() || (std::isfinite(*softcap) && *softcap > 0.0), op,
+      ": expected softcap to be None or a finite number > 0, but got softcap=", softcap.value_or(0.0));
 
   const bool unbatched = input.dim() == 1;
   shape.outer = unbatched ? 1 : input.size(0);
@@ -118,17 +127,19 @@ at::Tensor weight_for_kernels(const std::optional<at::Tensor>& weight, at::Scala
 
 SoftmaxCrossEntropyShape check_softmax_cross_entropy_forward(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
-  return check_common(kForward, input, target, weight, reduction, ignore_index, label_smoothing);
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    std::optional<double> softcap) {
+  return check_common(
+      kForward, input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap);
 }
 
 SoftmaxCrossEntropyShape check_softmax_cross_entropy_backward(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& max_logit, const at::Tensor& log_sum,
-    const at::Tensor& normalizer,
-    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
-  SoftmaxCrossEntropyShape shape =
-      check_common(kBackward, input, target, weight, reduction, ignore_index, label_smoothing);
+    const at::Tensor& normalizer, c10::string_view reduction, int64_t ignore_index, double label_smoothing,
+    double lse_square_scale, std::optional<double> softcap) {
+  SoftmaxCrossEntropyShape shape = check_common(
+      kBackward, input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap);
   const at::ScalarType stats_dtype = softmax_stats_dtype(input.scalar_type());
   check_same_device(kBackward, "grad_loss", grad_loss, "input", input);
   check_same_dtype(kBackward, "grad_loss", grad_loss, "input", input);
@@ -148,6 +159,18 @@ SoftmaxCrossEntropyShape check_softmax_cross_entropy_backward(
       normalizer.scalar_type());
   check_sizes(kBackward, "normalizer", normalizer, {});
   return shape;
+}
+
+at::Tensor z_loss_normalizer(
+    const SoftmaxCrossEntropyShape& shape, const at::Tensor& target, int64_t ignore_index, double lse_square_scale,
+    at::ScalarType stats_dtype) {
+  if (!(lse_square_scale > 0) || shape.reduction != LossReduction::kMean) return at::Tensor();
+  const auto options = target.options().dtype(stats_dtype);
+  if (shape.target_kind == TargetKind::kProbability) {
+    return at::scalar_tensor(static_cast<double>(shape.positions()), options);
+  }
+  // int64 first: a uint8 target compared with a negative ignore_index would wrap it into [0, 255].
+  return target.to(at::kLong).ne(ignore_index).sum().to(stats_dtype);
 }
 
 }  // namespace torch_manualbp

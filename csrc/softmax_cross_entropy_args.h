@@ -49,17 +49,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_forward_outputs
 // The class weight in `dtype` (the stats dtype), contiguous, as the kernels read it; undefined without one.
 at::Tensor weight_for_kernels(const std::optional<at::Tensor>& weight, at::ScalarType dtype);
 
-// Checks input, target, weight, reduction, ignore_index and label_smoothing; returns the shapes.
+// Checks input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale (finite, >= 0) and
+// softcap (None or finite > 0); returns the shapes.
 SoftmaxCrossEntropyShape check_softmax_cross_entropy_forward(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    c10::string_view reduction, int64_t ignore_index, double label_smoothing);
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    std::optional<double> softcap);
 
 // The forward's checks plus grad_loss (the loss's shape), max_logit and log_sum (position_sizes,
 // softmax_stats_dtype) and normalizer (0-dim, softmax_stats_dtype).
 SoftmaxCrossEntropyShape check_softmax_cross_entropy_backward(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& max_logit, const at::Tensor& log_sum,
-    const at::Tensor& normalizer,
-    c10::string_view reduction, int64_t ignore_index, double label_smoothing);
+    const at::Tensor& normalizer, c10::string_view reduction, int64_t ignore_index, double label_smoothing,
+    double lse_square_scale, std::optional<double> softcap);
+
+// The z-loss's 'mean' normalizer as a 0-dim tensor of the stats dtype on the input's device, computed there
+// (no host synchronisation): the number of positions whose target is not ignore_index (index targets), or of
+// all positions (probability targets). Undefined where the backward needs none (no z-loss, or not 'mean').
+at::Tensor z_loss_normalizer(
+    const SoftmaxCrossEntropyShape& shape, const at::Tensor& target, int64_t ignore_index, double lse_square_scale,
+    at::ScalarType stats_dtype);
 
 }  // namespace torch_manualbp

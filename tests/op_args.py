@@ -46,11 +46,13 @@ def linear_sigmoid_backward_args(case, dtype, requires_grad, contiguous, output_
     return (grad_output, input, weight, output.requires_grad_(requires_grad), bias_sizes, output_mask)
 
 
-# ---- SoftmaxCrossEntropy: (input shape, target kind, reduction, weight, ignore_index, label_smoothing) ----
+# ---- SoftmaxCrossEntropy: (input shape, target kind, reduction, weight, ignore_index, label_smoothing[,
+# lse_square_scale, softcap]) (the last two optional: 0.0 and None) ----------------------------------------
 def softmax_cross_entropy_forward_args(case, dtype, requires_grad, contiguous, device="cpu"):
-    """(input, target, weight, reduction, ignore_index, label_smoothing) of softmax_cross_entropy_forward.
-    Not contiguous: strided along the class dim (the dim the kernels run along)."""
-    shape, kind, reduction, has_weight, ignore_index, label_smoothing = case
+    """(input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap) of
+    softmax_cross_entropy_forward. Not contiguous: strided along the class dim (the dim the kernels run along)."""
+    shape, kind, reduction, has_weight, ignore_index, label_smoothing, *options = case
+    lse_square_scale, softcap = options if options else (0.0, None)
     class_dim = 0 if len(shape) == 1 else 1
     classes = shape[class_dim]
     positions = [size for dim, size in enumerate(shape) if dim != class_dim]
@@ -64,23 +66,24 @@ def softmax_cross_entropy_forward_args(case, dtype, requires_grad, contiguous, d
         if target.numel() > 0 and ignore_index >= 0:
             target.view(-1)[0] = ignore_index
     weight = torch.rand(classes, dtype=dtype, device=device) + 0.5 if has_weight else None
-    return input, target, weight, reduction, ignore_index, label_smoothing
+    return input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap
 
 
 def softmax_cross_entropy_backward_args(case, dtype, requires_grad, contiguous, output_mask, device="cpu"):
     """(grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index,
-    label_smoothing, output_mask) of softmax_cross_entropy_backward, the statistics from the forward op."""
-    input, target, weight, reduction, ignore_index, label_smoothing = softmax_cross_entropy_forward_args(
-        case, dtype, requires_grad, contiguous, device
+    label_smoothing, output_mask, lse_square_scale, softcap) of softmax_cross_entropy_backward, the statistics
+    from the forward op."""
+    input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap = (
+        softmax_cross_entropy_forward_args(case, dtype, requires_grad, contiguous, device)
     )
     with torch.no_grad():
         loss, max_logit, log_sum, normalizer = ops.softmax_cross_entropy_forward(
-            input, target, weight, reduction, ignore_index, label_smoothing
+            input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap
         )
     grad_loss = torch.randn(loss.shape, dtype=dtype, device=device, requires_grad=requires_grad)
     return (
         grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing,
-        output_mask,
+        output_mask, lse_square_scale, softcap,
     )
 
 

@@ -39,6 +39,7 @@ from op_args import (
     softmax_cross_entropy_backward_args,
     softmax_cross_entropy_forward_args,
 )
+from test_softmax_cross_entropy_options import reference as options_reference
 from torch_manualbp import functional as MF
 
 LOW_PRECISION = [torch.float16, torch.bfloat16]
@@ -437,15 +438,18 @@ def test_softmax_cross_entropy_extreme_and_masked_logits(device):
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("shape", [(64, 100), (8, 3000), (4, 10, 6, 5)])
 @pytest.mark.parametrize("kind", ["index", "probability"])
-def test_softmax_cross_entropy_low_precision(dtype, shape, kind, device):
+@pytest.mark.parametrize("options", [{}, dict(softcap=20.0, lse_square_scale=1e-3)], ids=["plain", "softcap, z-loss"])
+def test_softmax_cross_entropy_low_precision(dtype, shape, kind, options, device):
+    """Against torch's own composite in the same dtype (F.cross_entropy; with the options, that of
+    tests/test_softmax_cross_entropy_options.py, which is F.cross_entropy without them)."""
     x, target, weight, ignore_index = _ce_inputs(shape, kind, dtype, True, False, device)
-    kwargs = dict(weight=weight, reduction="none", label_smoothing=0.1)
+    kwargs = dict(weight=weight, reduction="none", label_smoothing=0.1, **options)
     exact_x = x.detach().double().requires_grad_()
     exact_t = target.detach().double().requires_grad_() if kind == "probability" else target
     exact_w = weight.double()
-    exact = F.cross_entropy(exact_x, exact_t, **{**kwargs, "weight": exact_w})
+    exact = options_reference(exact_x, exact_t, **{**kwargs, "weight": exact_w})
     loss = MF.softmax_cross_entropy(x, target, **kwargs)
-    native = F.cross_entropy(x, target, **kwargs)
+    native = options_reference(x, target, **kwargs)
     assert loss.dtype == dtype
     assert_within_native_error(loss, native, exact.detach())
     grad = torch.rand_like(exact).to(dtype)
@@ -455,6 +459,53 @@ def test_softmax_cross_entropy_low_precision(dtype, shape, kind, device):
         torch.autograd.grad(loss, inputs, grad), torch.autograd.grad(native, inputs, grad), exact_grads
     ):
         assert_within_native_error(ours, theirs, e)
+
+
+# The softcap and the z-loss (lse_square_scale) against the float64 composite of
+# tests/test_softmax_cross_entropy_options.py, in every layout.
+CE_OPTIONS = [dict(softcap=2.0), dict(lse_square_scale=0.05), dict(softcap=2.0, lse_square_scale=0.05)]
+CE_OPTION_IDS = ["softcap", "z-loss", "both"]
+
+
+def _exact(tensor):
+    """The same values in float64 (index targets as int64), a leaf that requires grad where the tensor does."""
+    if not tensor.is_floating_point():
+        return tensor.long()
+    return tensor.detach().double().requires_grad_(tensor.requires_grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("options", CE_OPTIONS, ids=CE_OPTION_IDS)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("kind", ["index", "probability"])
+@pytest.mark.parametrize("shape", CE_SHAPES, ids=str)
+def test_softmax_cross_entropy_options_match_composite(shape, kind, reduction, options, device):
+    x, target, weight, ignore_index = _ce_inputs(shape, kind, torch.float32, True, True, device)
+    kwargs = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=0.1, **options)
+    loss = MF.softmax_cross_entropy(x, target, weight=weight, **kwargs)
+    exact_x, exact_target = _exact(x), _exact(target)
+    exact = options_reference(exact_x, exact_target, weight=weight.double(), **kwargs)
+    torch.testing.assert_close(loss.double(), exact, rtol=2e-5, atol=2e-6)
+    grad = torch.randn_like(exact)
+    inputs, exact_inputs = ((x, target), (exact_x, exact_target)) if kind == "probability" else ((x,), (exact_x,))
+    for ours, theirs in zip(torch.autograd.grad(loss, inputs, grad.float()), torch.autograd.grad(exact, exact_inputs, grad)):
+        torch.testing.assert_close(ours.double(), theirs, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("kind", ["index", "probability"])
+@pytest.mark.parametrize("shape", [(7,), (5, 37), (3, 4, 5, 2)], ids=str)
+def test_softmax_cross_entropy_options_gradcheck(shape, kind, reduction, device):
+    x, target, weight, ignore_index = _ce_inputs(shape, kind, torch.float64, True, True, device)
+    kwargs = dict(weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=0.1, softcap=2.0,
+                  lse_square_scale=0.05)
+    if kind == "probability":
+        fn, inputs = (lambda x, t: MF.softmax_cross_entropy(x, t, **kwargs)), (x, target)
+    else:
+        fn, inputs = (lambda x: MF.softmax_cross_entropy(x, target, **kwargs)), (x,)
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -488,18 +539,19 @@ def test_softmax_cross_entropy_deterministic_and_inputs_untouched(shape, device)
 def test_softmax_cross_entropy_ops_do_not_synchronize(kind, device):
     case = ((32, 10), kind, "mean", True, -100, 0.1)
     args = softmax_cross_entropy_backward_args(case, torch.float32, False, True, [True, True], device)
-    _, input, target, weight, _, _, _, reduction, ignore_index, label_smoothing, output_mask = args
-    with no_host_sync(device):
-        loss, max_logit, log_sum, normalizer = ops.softmax_cross_entropy_forward(
-            input, target, weight, reduction, ignore_index, label_smoothing
-        )
-        grad_input, grad_target = ops.softmax_cross_entropy_backward(
-            torch.ones_like(loss), input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index,
-            label_smoothing, output_mask,
-        )
-    assert loss.shape == () and max_logit.shape == log_sum.shape == (32,) and normalizer.shape == ()
-    assert grad_input.shape == input.shape
-    assert grad_target.shape == (input.shape if kind == "probability" else (0,))
+    _, input, target, weight, _, _, _, reduction, ignore_index, label_smoothing, output_mask, _, _ = args
+    for lse_square_scale, softcap in ((0.0, None), (0.1, 2.0)):  # the z-loss counts its positions on the device
+        with no_host_sync(device):
+            loss, max_logit, log_sum, normalizer = ops.softmax_cross_entropy_forward(
+                input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap
+            )
+            grad_input, grad_target = ops.softmax_cross_entropy_backward(
+                torch.ones_like(loss), input, target, weight, max_logit, log_sum, normalizer, reduction,
+                ignore_index, label_smoothing, output_mask, lse_square_scale, softcap,
+            )
+        assert loss.shape == () and max_logit.shape == log_sum.shape == (32,) and normalizer.shape == ()
+        assert grad_input.shape == input.shape
+        assert grad_target.shape == (input.shape if kind == "probability" else (0,))
 
 
 # (inputs on `device`, exception, message fragment)
@@ -536,7 +588,7 @@ def call_with_out_of_range_target(layout, stage, device):
     shape = OUT_OF_RANGE_SHAPES[layout]
     case = (shape, "index", "mean", False, -100, 0.0)
     args = softmax_cross_entropy_backward_args(case, torch.float32, False, True, [True, False], device)
-    grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, smoothing, mask = args
+    grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, smoothing, mask, *_ = args
     target = target.clone()
     target.view(-1)[1] = shape[1] + 3
     if stage == "forward":

@@ -99,7 +99,7 @@ def test_linear_sigmoid_backward_broadcast_grad_output(dtype, device):
     torch.library.opcheck(ops.linear_sigmoid_backward.default, args)
 
 
-# (input shape, target kind, reduction, weight, ignore_index, label_smoothing)
+# (input shape, target kind, reduction, weight, ignore_index, label_smoothing[, lse_square_scale, softcap])
 SOFTMAX_CROSS_ENTROPY_CASES = [
     ((4, 5), "index", "mean", False, -100, 0.0),
     ((4, 5), "index", "sum", True, 2, 0.1),
@@ -116,6 +116,16 @@ SOFTMAX_CROSS_ENTROPY_CASES = [
     ((2, 5, 0), "index", "none", False, -100, 0.0),
     ((3, 1500), "probability", "mean", True, -100, 0.1),  # CUDA: a block per row
     ((2, 64, 3), "index", "sum", True, -100, 0.1),  # CUDA: each position's classes split over threads
+    # (..., lse_square_scale, softcap): the z-loss and the softcap, alone and together, in every layout
+    ((4, 5), "index", "mean", True, 2, 0.1, 0.05, 2.0),
+    ((4, 5), "probability", "none", False, -100, 0.0, 0.1, None),
+    ((5,), "index", "sum", False, -100, 0.0, 0.0, 1.5),
+    ((2, 5, 3), "index", "mean", True, -100, 0.0, 0.0, 1.5),
+    ((2, 5, 3), "probability", "mean", True, -100, 0.2, 0.01, 3.0),
+    ((3, 1500), "index", "mean", False, -100, 0.0, 0.02, 5.0),
+    ((4, 200), "uint8", "mean", False, -100, 0.0, 0.02, None),
+    ((2, 64, 3), "index", "mean", True, 1, 0.1, 0.02, 5.0),
+    ((0, 5), "probability", "sum", False, -100, 0.0, 0.1, 1.0),  # (an empty 'mean' is NaN: opcheck's AOT check fails on NaN)
 ]
 CE_OUTPUT_MASKS = [[True, True], [True, False], [False, True], [False, False]]
 

@@ -40,10 +40,12 @@ def linear_sigmoid(input, weight, bias=None):
     return apply_layer(LinearSigmoidFunction, _ops.linear_sigmoid_forward.default, input, weight, bias)
 
 
-def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
+                          lse_square_scale=0.0, softcap=None):
     """``F.cross_entropy`` (softmax over dim 1 + cross-entropy), fused, with a hand-written backward.
 
-    Same arguments, values and gradients as ``torch.nn.functional.cross_entropy``.
+    Same arguments, values and gradients as ``torch.nn.functional.cross_entropy``, plus two keyword-only
+    options of language-model heads (the semantics of ``linear_cross_entropy``).
 
     Args:
         input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; float32/64, bfloat16/float16
@@ -53,9 +55,14 @@ def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reducti
         weight: ``(C,)`` class weights, the input's dtype, or ``None``.
         ignore_index: a class index whose positions contribute nothing (index targets; with
             probability targets it must stay negative, as torch).
-        reduction: ``'none'`` (one loss per position), ``'mean'`` (divided by the total weight of the
-            non-ignored targets, or by the number of positions for probability targets) or ``'sum'``.
+        reduction: ``'none'`` (one loss per position), ``'mean'`` (the cross-entropy divided by the total
+            weight of the non-ignored targets, or by the number of positions for probability targets; the
+            z-loss by the number of non-ignored positions) or ``'sum'``.
         label_smoothing: eps in [0, 1]: the target becomes ``(1 - eps) target + eps / C``.
+        lse_square_scale: lambda >= 0 of the z-loss ``lambda * logsumexp(logits)^2`` added per non-ignored
+            position (every position for probability targets).
+        softcap: ``None`` or s > 0: the logits become ``s * tanh(logits / s)`` before the softmax (the
+            z-loss, too, is that of these logits).
 
     Under ``torch.autocast`` it runs in float32, as ``F.cross_entropy`` (float64 is never cast).
     """
@@ -66,12 +73,15 @@ def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reducti
     check_int(fn, "ignore_index", ignore_index)
     check_reduction(reduction)
     check_float(fn, "label_smoothing", label_smoothing)
+    check_float(fn, "lse_square_scale", lse_square_scale)
+    check_float(fn, "softcap", softcap, optional=True)
     if torch._C._is_any_autocast_enabled():
         input, target, weight = cast_for_autocast(FLOAT32, input.device.type, input, target, weight)
     loss, *_ = apply_layer(
         SoftmaxCrossEntropyFunction,
         _ops.softmax_cross_entropy_forward.default,
-        input, target, weight, reduction, ignore_index, float(label_smoothing),
+        input, target, weight, reduction, ignore_index, float(label_smoothing), float(lse_square_scale),
+        None if softcap is None else float(softcap),
     )
     return loss
 

@@ -42,17 +42,22 @@ class LinearSigmoid(nn.Module):
 class SoftmaxCrossEntropyLoss(nn.Module):
     """A drop-in for ``nn.CrossEntropyLoss``: softmax over dim 1 and cross-entropy fused, with a
     hand-written backward. Same arguments, defaults, values, gradients and state_dict keys; ``weight``
-    is a buffer, so it follows the module's ``.to()``.
+    is a buffer, so it follows the module's ``.to()``. Besides them (keyword-only) the z-loss
+    (``lse_square_scale``) and the ``softcap`` of the logits; see
+    ``torch_manualbp.functional.softmax_cross_entropy``.
     """
 
-    __constants__ = ["ignore_index", "reduction", "label_smoothing"]
+    __constants__ = ["ignore_index", "reduction", "label_smoothing", "lse_square_scale", "softcap"]
 
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
+                 lse_square_scale=0.0, softcap=None):
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
+        self.lse_square_scale = lse_square_scale
+        self.softcap = softcap
 
     def forward(self, input, target):
         return softmax_cross_entropy(
@@ -62,13 +67,15 @@ class SoftmaxCrossEntropyLoss(nn.Module):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
+            lse_square_scale=self.lse_square_scale,
+            softcap=self.softcap,
         )
 
     def extra_repr(self):
         weight = "None" if self.weight is None else f"({self.weight.shape[0]},)"
         return (
             f"weight={weight}, ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-            f"label_smoothing={self.label_smoothing}"
+            f"label_smoothing={self.label_smoothing}, lse_square_scale={self.lse_square_scale}, softcap={self.softcap}"
         )
 
 

@@ -17,7 +17,10 @@
 // (2) the exponentials, their sum and the linear terms, keeping e_c in place of z'_c where nothing later
 // needs z'_c, (3) the gradient, written over the row. One exponential per logit on the common path (two
 // with softcap or a target gradient, which need z' in the last sweep). Rows never depend on each other or
-// on the thread that runs them: the results are the same for any thread count.
+// on the thread that runs them: the results are the same for any thread count. The math of one position
+// (the softcap and its derivative, the cross-entropy and z-loss from the sums, the factor of e_c in the
+// gradient) is cpu/cross_entropy_position.h, shared with the SoftmaxCrossEntropy loops; the sweeps are this
+// file's.
 #include "cpu/linear_cross_entropy_kernel.h"
 
 #include <c10/util/BFloat16.h>
@@ -28,28 +31,15 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/cross_entropy_position.h"
 #include "cpu/fast_exp.h"
 #include "cpu/vec_helpers.h"
 
 namespace torch_manualbp::cpu::CPU_CAPABILITY {
 namespace {
 
-template <typename acc_t>
-constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
-template <typename acc_t>
-constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
-
 // Elements of a probability row converted to acc_t at a time (reduced-precision targets).
 constexpr int64_t kTargetBlock = 1024;
-
-template <typename acc_t>
-inline acc_t lanes_sum(const Vectorized<acc_t>& v) {
-  std::array<acc_t, Vectorized<acc_t>::size()> lanes;
-  v.store(lanes.data());
-  acc_t total = 0;
-  for (acc_t lane : lanes) total += lane;
-  return total;
-}
 
 // The lanes' maximum; NaN if any lane is NaN.
 template <typename acc_t>
@@ -78,43 +68,25 @@ inline void store(const Vec& v, typename Vec::value_type* p, int64_t count) {
   }
 }
 
-// What one call knows about every row.
+// What one call knows about every row: LossConstants (cpu/cross_entropy_position.h), shared with the
+// SoftmaxCrossEntropy loops, as the cross-entropy, z-loss and softcap math below.
 template <typename acc_t>
-struct RowConstants {
-  int64_t classes;
-  const acc_t* weight;  // (classes,) or nullptr
-  acc_t keep;           // 1 - eps
-  acc_t smooth;         // eps / C
-  acc_t total_weight;   // W = sum_c w_c (C without weight)
-  acc_t lambda;         // z-loss scale
-  acc_t softcap;        // s, 0 without
-
-  explicit RowConstants(const LogitsChunk& chunk)
-      : classes(chunk.classes),
-        weight(static_cast<const acc_t*>(chunk.class_weight)),
-        keep(acc_t(1) - acc_t(chunk.label_smoothing)),
-        smooth(chunk.classes > 0 ? acc_t(chunk.label_smoothing) / acc_t(chunk.classes) : acc_t(0)),
-        lambda(acc_t(chunk.lse_square_scale)),
-        softcap(acc_t(chunk.softcap)) {
-    total_weight = weight == nullptr ? acc_t(classes) : acc_t(0);
-    for (int64_t c = 0; weight != nullptr && c < classes; ++c) total_weight += weight[c];
-  }
-
-  acc_t class_weight(int64_t c) const { return weight != nullptr ? weight[c] : acc_t(1); }
-};
+LossConstants<acc_t> row_constants(const LogitsChunk& chunk) {
+  return LossConstants<acc_t>(
+      chunk.classes, chunk.class_weight, chunk.label_smoothing, chunk.lse_square_scale, chunk.softcap);
+}
 
 // Sweep 1: work_c = z'_c (bias added, softcap applied) written where `store` says, and the row's max.
 // `z` is the row in acc_t (the logits row itself, or the converted copy in `work`).
 template <typename acc_t, bool kBias, bool kSoftcap>
-acc_t transform_and_max(const acc_t* z, const acc_t* bias, acc_t* work, int64_t n, acc_t softcap) {
+acc_t transform_and_max(const acc_t* z, const acc_t* bias, acc_t* work, int64_t n, const LossConstants<acc_t>& k) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  const Vec inv_s(kSoftcap ? acc_t(1) / softcap : acc_t(0)), s(softcap);
   Vec max0(-kInf<acc_t>), max1(-kInf<acc_t>);
   auto step = [&](int64_t c, int64_t count) {
     Vec v = load<Vec>(z + c, count);
     if constexpr (kBias) v = v + load<Vec>(bias + c, count);
-    if constexpr (kSoftcap) v = s * (v * inv_s).tanh();
+    if constexpr (kSoftcap) v = softcapped(v, k);
     if constexpr (kBias || kSoftcap) store(v, work + c, count);
     if (count < V) v = Vec::set(Vec(-kInf<acc_t>), v, count);
     return v;
@@ -147,16 +119,10 @@ struct ExpSums {
   acc_t coef;
 };
 
-// What multiplies (z'_c - m) in the loss besides the log-sum-exp term (see the header of this file):
-//   kNone         index target, no smoothing
-//   kClassWeight  index target with smoothing: a_c = w_c (the eps / C factor is applied by the caller)
-//   kProbability  a_c = w_c ((1 - eps) p_c + eps / C)
-enum class Linear { kNone, kClassWeight, kProbability };
-
 // Sweep 2: e_c = exp(z'_c - m) summed (and stored over work when kStoreExp), with the linear terms.
 template <typename T, typename acc_t, Linear kLinear, bool kStoreExp>
 ExpSums<acc_t> exponentials(
-    const RowConstants<acc_t>& k, acc_t* work, const T* p_row, acc_t m, acc_t* p_buffer) {
+    const LossConstants<acc_t>& k, acc_t* work, const T* p_row, acc_t m, acc_t* p_buffer) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   const int64_t n = k.classes;
@@ -228,13 +194,13 @@ inline acc_t row_scale(const void* scale, bool per_row, int64_t r) {
 // and for probability targets with grad_target: gt_c = k_ce (1 - eps) w_c (lse - z'_c).
 template <typename T, typename acc_t, Linear kLinear, bool kStoredExp, bool kSoftcap>
 void gradient(
-    const RowConstants<acc_t>& k, acc_t* work, T* out_row, const T* p_row, T* grad_target_row, int64_t t,
+    const LossConstants<acc_t>& k, acc_t* work, T* out_row, const T* p_row, T* grad_target_row, int64_t t,
     acc_t target_term, acc_t m, acc_t lse, acc_t p_coef, acc_t k_ce, acc_t* p_buffer, acc_t* convert_buffer) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   const int64_t n = k.classes;
   const Vec m_v(m), lse_v(lse), p_coef_v(p_coef), k_ce_v(k_ce), keep(k.keep), smooth(k.smooth);
-  const Vec smooth_ce(k_ce * k.smooth), target_scale(k_ce * k.keep), inv_s(kSoftcap ? acc_t(1) / k.softcap : acc_t(0));
+  const Vec smooth_ce(k_ce * k.smooth), target_scale(k_ce * k.keep);
   for (int64_t b0 = 0; b0 < n; b0 += kTargetBlock) {
     const int64_t bn = std::min(kTargetBlock, n - b0);
     const acc_t* p = nullptr;
@@ -256,10 +222,7 @@ void gradient(
         a = k.weight != nullptr ? smooth_ce * load<Vec>(k.weight + cc, count) : smooth_ce;
       }
       Vec grad = at::vec::fmsub(e, p_coef_v, a);
-      if constexpr (kSoftcap) {
-        const Vec ratio = stored * inv_s;  // z' / s
-        grad = grad * (Vec(acc_t(1)) - ratio * ratio);
-      }
+      if constexpr (kSoftcap) grad = grad * softcap_derivative(stored, k);  // stored: z'_c
       store(grad, out + c, count);
       if (target_out != nullptr) {
         const Vec w = k.weight != nullptr ? load<Vec>(k.weight + cc, count) : Vec(acc_t(1));
@@ -287,7 +250,7 @@ inline void fill_row(T* row, int64_t n, acc_t value) {
 // (reduced-precision rows only); p_buffer: kTargetBlock acc_t; convert_buffer: 2 * kTargetBlock acc_t.
 template <typename T, Linear kLinear, typename acc_t = at::opmath_type<T>>
 void process_row(
-    const LogitsChunk& chunk, const RowConstants<acc_t>& k, const acc_t* bias, const ChunkLosses& losses,
+    const LogitsChunk& chunk, const LossConstants<acc_t>& k, const acc_t* bias, const ChunkLosses& losses,
     const ChunkGradient& gradient_args, int64_t r, acc_t* scratch, acc_t* p_buffer, acc_t* convert_buffer) {
   const int64_t C = k.classes;
   T* row = static_cast<T*>(chunk.logits) + r * chunk.row_stride;
@@ -306,13 +269,13 @@ void process_row(
   }
   acc_t m;
   if (bias != nullptr && softcap) {
-    m = transform_and_max<acc_t, true, true>(work, bias, work, C, k.softcap);
+    m = transform_and_max<acc_t, true, true>(work, bias, work, C, k);
   } else if (bias != nullptr) {
-    m = transform_and_max<acc_t, true, false>(work, bias, work, C, k.softcap);
+    m = transform_and_max<acc_t, true, false>(work, bias, work, C, k);
   } else if (softcap) {
-    m = transform_and_max<acc_t, false, true>(work, nullptr, work, C, k.softcap);
+    m = transform_and_max<acc_t, false, true>(work, nullptr, work, C, k);
   } else {
-    m = transform_and_max<acc_t, false, false>(work, nullptr, work, C, k.softcap);
+    m = transform_and_max<acc_t, false, false>(work, nullptr, work, C, k);
   }
 
   acc_t* ce_out = static_cast<acc_t*>(losses.cross_entropy);
@@ -335,31 +298,20 @@ void process_row(
   const acc_t log_s = std::log(sums.sum);
   const acc_t lse = m + log_s;
 
-  acc_t ce, coef_sum;
-  if constexpr (kLinear == Linear::kProbability) {
-    coef_sum = sums.coef;
-    ce = coef_sum * log_s - sums.linear;
-  } else {
-    const acc_t w_t = k.class_weight(t);
-    const acc_t nll = (m - z_target) + log_s;
-    coef_sum = k.keep * w_t + k.smooth * k.total_weight;
-    ce = kLinear == Linear::kNone ? w_t * nll : k.keep * w_t * nll + k.smooth * (k.total_weight * log_s - sums.linear);
-  }
-  if (ce_out != nullptr) ce_out[r] = ce;
-  if (z_out != nullptr) z_out[r] = k.lambda * lse * lse;
+  const acc_t w_t = t >= 0 ? k.class_weight(t) : acc_t(0);
+  const acc_t coef_sum = kLinear == Linear::kProbability ? sums.coef : index_coef_sum(k, w_t);
+  if (ce_out != nullptr) ce_out[r] = position_cross_entropy<kLinear>(k, m, log_s, sums.linear, coef_sum, w_t, z_target);
+  if (z_out != nullptr) z_out[r] = z_loss(k, lse);
   if (!gradient_args.wanted) return;
 
   // Sweep 3.
   const acc_t k_ce = row_scale<acc_t>(gradient_args.ce_scale, gradient_args.per_row, r);
   const acc_t k_z = row_scale<acc_t>(gradient_args.z_scale, gradient_args.per_row, r);
-  const acc_t p_coef = (k_ce * coef_sum + k_z * acc_t(2) * k.lambda * lse) / sums.sum;
+  const acc_t p_coef = softmax_factor(k, k_ce, coef_sum, k_z, lse, acc_t(1) / sums.sum);
   acc_t target_term = 0;
   if (t >= 0) {
-    target_term = k_ce * k.keep * k.class_weight(t);
-    if (softcap) {
-      const acc_t ratio = z_target / k.softcap;
-      target_term *= acc_t(1) - ratio * ratio;
-    }
+    target_term = k_ce * k.keep * w_t;
+    if (softcap) target_term *= softcap_derivative(z_target, k);
   }
   auto run = [&](auto stored_exp, auto softcapped) {
     gradient<T, acc_t, kLinear, decltype(stored_exp)::value, decltype(softcapped)::value>(
@@ -377,7 +329,7 @@ void process_row(
 template <typename T>
 void rows_typed(const LogitsChunk& chunk, const ChunkLosses& losses, const ChunkGradient& gradient_args) {
   using acc_t = at::opmath_type<T>;
-  const RowConstants<acc_t> k(chunk);
+  const LossConstants<acc_t> k = row_constants<acc_t>(chunk);
   // The bias in acc_t, once per chunk.
   std::vector<acc_t> bias_buffer;
   const acc_t* bias = nullptr;

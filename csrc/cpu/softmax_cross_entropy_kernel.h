@@ -25,6 +25,8 @@ struct CrossEntropyProblem {
   int64_t inner;
   int64_t ignore_index;
   double label_smoothing;
+  double lse_square_scale;  // lambda of the z-loss lambda * lse^2 (0: none)
+  double softcap;           // s of x -> s tanh(x / s) (0: none)
 };
 
 struct CrossEntropyForwardOutputs {
@@ -35,6 +37,7 @@ struct CrossEntropyForwardOutputs {
   void* log_sum;      // acc_t, per position: log s (non-finite rows: m again, so m + log s is their lse)
   void* normalizer;   // acc_t, one element: total weight / positions for 'mean', 1 otherwise
   void* block_sums;   // acc_t scratch of 2 * loss_blocks(outer, classes, inner) (not used for 'none')
+  void* z_block_sums; // the same for the z-loss ('mean' and 'sum' with a z-loss), else nullptr
 };
 
 struct CrossEntropyBackwardArgs {
@@ -43,6 +46,7 @@ struct CrossEntropyBackwardArgs {
   const void* max_logit;   // acc_t, per position: m
   const void* log_sum;     // acc_t, per position: log s
   const void* normalizer;  // acc_t, one element
+  const void* z_normalizer;  // acc_t, one element: the z-loss's 'mean' normalizer, or nullptr (1)
   void* grad_input;        // dtype, like input
   void* grad_target;       // dtype, like input, or nullptr (probability targets only)
 };

@@ -1,7 +1,9 @@
 // SoftmaxCrossEntropy CPU loops, rows layout (inner == 1): a position is a contiguous row of C logits;
 // one row at a time, in blocks of kRowBlock elements read from memory once, each element exponentiated
-// once (online logsumexp: the running sum is rescaled when the max grows, see row_sums). Compiled once
-// per SIMD level (see cpu/dispatch.h); the letters are those of cpu/cross_entropy_math.h.
+// once (online logsumexp: the running sum is rescaled when the max grows, see row_sums). With a softcap a
+// block's logits are first written softcapped into a buffer (logits_block) that the same loops read, and a
+// block of the gradient is multiplied by the softcap's derivative once complete; without one, nothing of it
+// runs. Compiled once per SIMD level (see cpu/dispatch.h); the letters are those of cpu/cross_entropy_math.h.
 #include <array>
 
 #include "cpu/cross_entropy_math.h"
@@ -22,18 +24,18 @@ inline const acc_t* as_acc(const T* src, int64_t n, acc_t* buffer) {
   }
 }
 
+// The block's logits as the loss sees them, in acc_t: with a softcap z' = s tanh(x / s) written into `buffer`,
+// else as_acc (the row itself for float and double).
+template <typename T, typename acc_t = at::opmath_type<T>>
+inline const acc_t* logits_block(const T* src, int64_t n, acc_t* buffer, const LossConstants<acc_t>& k) {
+  if (!k.softcapped()) return as_acc(src, n, buffer);
+  softcap_into(src, n, buffer, k);
+  return buffer;
+}
+
 template <typename T, typename acc_t>
 inline void fill(T* dst, int64_t n, acc_t value) {
   std::fill(dst, dst + n, static_cast<T>(value));
-}
-
-template <typename acc_t>
-inline acc_t lanes_sum(const Vectorized<acc_t>& v) {
-  std::array<acc_t, Vectorized<acc_t>::size()> lanes;
-  v.store(lanes.data());
-  acc_t total = 0;
-  for (acc_t lane : lanes) total += lane;
-  return total;
 }
 
 // Max of n elements; NaN if any is NaN.
@@ -152,9 +154,9 @@ RowSums<acc_t> row_sums(
   acc_t ref = -kInf<acc_t>, s = 0, lin = 0, coef_sum = 0;
   for (int64_t c0 = 0; c0 < k.classes; c0 += kRowBlock) {
     const int64_t n = std::min(kRowBlock, k.classes - c0);
-    const acc_t* x = as_acc(x_row + c0, n, x_buffer);
+    const acc_t* x = logits_block(x_row + c0, n, x_buffer, k);
     const acc_t* p = nullptr;
-    if constexpr (kLinear == Linear::kTargetProbability) p = as_acc(p_row + c0, n, p_buffer);
+    if constexpr (kLinear == Linear::kProbability) p = as_acc(p_row + c0, n, p_buffer);
     const acc_t* w = kWeighted ? k.weight + c0 : nullptr;
     // Until a finite value is seen, lin is kept relative to 0 (only -inf so far: it is -inf or NaN).
     acc_t block_ref = ref;
@@ -192,7 +194,7 @@ RowSums<acc_t> row_sums(
 template <typename T, Linear kLinear, bool kWeighted>
 void forward_rows_typed(const CrossEntropyProblem& problem, const CrossEntropyForwardOutputs& out) {
   using acc_t = at::opmath_type<T>;
-  const LossConstants<acc_t> k(problem);
+  const LossConstants<acc_t> k = loss_constants<acc_t>(problem);
   const int64_t rows = problem.outer;
   const int64_t C = problem.classes;
   const T* input = static_cast<const T*>(problem.input);
@@ -202,7 +204,8 @@ void forward_rows_typed(const CrossEntropyProblem& problem, const CrossEntropyFo
   const int64_t blocks = loss_blocks(rows, C, 1);
   const int64_t grain = std::max<int64_t>(1, row_grain(C) / kRowsPerLossBlock);
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    std::array<acc_t, is_reduced_v<T> ? kRowBlock : 1> x_buffer, p_buffer;
+    std::array<acc_t, kRowBlock> x_buffer;  // reduced types and the softcap
+    std::array<acc_t, is_reduced_v<T> ? kRowBlock : 1> p_buffer;
     for (int64_t b = begin; b < end; ++b) {
       BlockLoss<T> block_loss{out};
       const int64_t row_end = std::min(rows, (b + 1) * kRowsPerLossBlock);
@@ -214,7 +217,10 @@ void forward_rows_typed(const CrossEntropyProblem& problem, const CrossEntropyFo
         log_sum[r] = sums.finite ? sums.log_sum : sums.max;
         block_loss.add(r, position_loss<acc_t, kLinear>(
             problem, k, r, sums.finite, sums.max, sums.log_sum, sums.coef_sum, sums.linear,
-            [&](int64_t t) { return static_cast<acc_t>(x_row[t]); }));
+            [&](int64_t t) {
+              const acc_t x_t = static_cast<acc_t>(x_row[t]);
+              return k.softcapped() ? softcapped(x_t, k) : x_t;
+            }));
       }
       block_loss.store(b);
     }
@@ -224,8 +230,8 @@ void forward_rows_typed(const CrossEntropyProblem& problem, const CrossEntropyFo
 
 // ---- backward, rows (the gradient's math: cpu/cross_entropy_math.h) ----------------------------------
 
-// Index targets, n classes of one row: grad_c = exp(x_c - m) gA_s - gb w_c with gA_s = gA / s (the
-// [c == t] term is added by the caller).
+// Index targets, n classes of one row: grad_c = exp(x_c - m) gA_s - gb w_c with gA_s the softmax factor
+// (g A + gz 2 lambda lse) / s (the [c == t] term and the softcap's factor are applied by the caller).
 template <typename acc_t, bool kWeighted>
 void index_grad_block(const acc_t* x, const acc_t* w, int64_t n, acc_t m, acc_t gA_s, acc_t gb, acc_t* out) {
   using Vec = Vectorized<acc_t>;
@@ -244,8 +250,9 @@ void index_grad_block(const acc_t* x, const acc_t* w, int64_t n, acc_t m, acc_t 
   }
 }
 
-// Probability targets, n classes of one row: grad_c = exp(x_c - m) gA_s - g a_c with gA_s = gA / s, and
-// when grad_target is asked, grad_target_c = g (1 - eps) w_c ((m - x_c) + log s).
+// Probability targets, n classes of one row: grad_c = exp(x_c - m) gA_s - g a_c with gA_s the softmax
+// factor (g A + gz 2 lambda lse) / s (the softcap's factor is applied by the caller), and when grad_target is
+// asked, grad_target_c = g (1 - eps) w_c ((m - x_c) + log s).
 template <typename acc_t, bool kWeighted>
 void probability_grad_block(
     const LossConstants<acc_t>& k, const acc_t* x, const acc_t* p, const acc_t* w, int64_t n, acc_t m, acc_t log_s,
@@ -256,7 +263,7 @@ void probability_grad_block(
   for (int64_t c = 0; c < n; c += V) {
     const int64_t count = std::min<int64_t>(V, n - c);
     const Vec xv = load_lanes<Vec>(x + c, count);
-    const Vec a = linear_coef<acc_t, Linear::kTargetProbability, kWeighted>(k, p + c, kWeighted ? w + c : nullptr, count);
+    const Vec a = linear_coef<acc_t, Linear::kProbability, kWeighted>(k, p + c, kWeighted ? w + c : nullptr, count);
     const Vec grad = at::vec::fmsub(exp_fast(xv - m_v), gA_v, g_v * a);
     grad.store(out + c, count);
     if (out_target != nullptr) {
@@ -277,7 +284,7 @@ acc_t probability_coef_sum(const LossConstants<acc_t>& k, const T* p_row, acc_t*
     const acc_t* p = as_acc(p_row + c0, n, p_buffer);
     Vec sum_v(acc_t(0));
     for (int64_t c = 0; c < n; c += V) {
-      sum_v = sum_v + linear_coef<acc_t, Linear::kTargetProbability, kWeighted>(
+      sum_v = sum_v + linear_coef<acc_t, Linear::kProbability, kWeighted>(
                           k, p + c, kWeighted ? k.weight + c0 + c : nullptr, std::min<int64_t>(V, n - c));
     }
     total += lanes_sum(sum_v);
@@ -288,7 +295,7 @@ acc_t probability_coef_sum(const LossConstants<acc_t>& k, const T* p_row, acc_t*
 template <typename T, bool kProbability, bool kWeighted>
 void backward_rows_typed(const CrossEntropyProblem& problem, const CrossEntropyBackwardArgs& args) {
   using acc_t = at::opmath_type<T>;
-  const LossConstants<acc_t> k(problem);
+  const LossConstants<acc_t> k = loss_constants<acc_t>(problem);
   const int64_t C = problem.classes;
   const T* input = static_cast<const T*>(problem.input);
   const T* prob = kProbability ? static_cast<const T*>(problem.target) : nullptr;
@@ -298,7 +305,8 @@ void backward_rows_typed(const CrossEntropyProblem& problem, const CrossEntropyB
   T* grad_target = static_cast<T*>(args.grad_target);
   at::parallel_for(0, problem.outer, row_grain(C), [&](int64_t begin, int64_t end) {
     constexpr int64_t kBuffer = is_reduced_v<T> ? kRowBlock : 1;
-    std::array<acc_t, kBuffer> x_buffer, p_buffer, grad_buffer, grad_target_buffer;
+    std::array<acc_t, kRowBlock> x_buffer;  // reduced types and the softcap
+    std::array<acc_t, kBuffer> p_buffer, grad_buffer, grad_target_buffer;
     for (int64_t r = begin; r < end; ++r) {
       const T* x_row = input + r * C;
       T* grad_row = grad + r * C;
@@ -310,6 +318,7 @@ void backward_rows_typed(const CrossEntropyProblem& problem, const CrossEntropyB
         continue;
       }
       const acc_t g = position_scale<T>(args, r);
+      const acc_t g_z = z_position_scale<T>(args, k, r);
       const acc_t inv_s = acc_t(1) / std::exp(log_s);
       if constexpr (!kProbability) {
         const int64_t t = class_index(problem.target, problem.index_dtype, r);
@@ -319,28 +328,31 @@ void backward_rows_typed(const CrossEntropyProblem& problem, const CrossEntropyB
         }
         check_class_index(t, C);
         const acc_t w_t = k.class_weight(t);
-        const acc_t gA = g * (k.keep * w_t + k.smooth * k.total_weight);
+        const acc_t factor = softmax_factor(k, g, index_coef_sum(k, w_t), g_z, m + log_s, inv_s);
         for (int64_t c0 = 0; c0 < C; c0 += kRowBlock) {
           const int64_t n = std::min(kRowBlock, C - c0);
           acc_t* out = acc_destination(grad_row + c0, grad_buffer.data());
-          index_grad_block<acc_t, kWeighted>(
-              as_acc(x_row + c0, n, x_buffer.data()), kWeighted ? k.weight + c0 : nullptr, n, m, gA * inv_s,
-              g * k.smooth, out);
+          const acc_t* x = logits_block(x_row + c0, n, x_buffer.data(), k);
+          index_grad_block<acc_t, kWeighted>(x, kWeighted ? k.weight + c0 : nullptr, n, m, factor, g * k.smooth, out);
           if (t >= c0 && t < c0 + n) out[t - c0] -= g * k.keep * w_t;
+          if (k.softcapped()) scale_by_softcap_derivative(out, x, n, k);
           store_from_acc(out, grad_row + c0, n);
         }
       } else {
         const T* p_row = prob + r * C;
-        const acc_t gA = g * probability_coef_sum<T, kWeighted>(k, p_row, p_buffer.data());
+        const acc_t coef_sum = probability_coef_sum<T, kWeighted>(k, p_row, p_buffer.data());
+        const acc_t factor = softmax_factor(k, g, coef_sum, g_z, m + log_s, inv_s);
         for (int64_t c0 = 0; c0 < C; c0 += kRowBlock) {
           const int64_t n = std::min(kRowBlock, C - c0);
           acc_t* out = acc_destination(grad_row + c0, grad_buffer.data());
           acc_t* out_target = grad_target_row != nullptr
               ? acc_destination(grad_target_row + c0, grad_target_buffer.data())
               : nullptr;
+          const acc_t* x = logits_block(x_row + c0, n, x_buffer.data(), k);
           probability_grad_block<acc_t, kWeighted>(
-              k, as_acc(x_row + c0, n, x_buffer.data()), as_acc(p_row + c0, n, p_buffer.data()),
-              kWeighted ? k.weight + c0 : nullptr, n, m, log_s, gA * inv_s, g, out, out_target);
+              k, x, as_acc(p_row + c0, n, p_buffer.data()), kWeighted ? k.weight + c0 : nullptr, n, m, log_s, factor,
+              g, out, out_target);
+          if (k.softcapped()) scale_by_softcap_derivative(out, x, n, k);
           store_from_acc(out, grad_row + c0, n);
           if (out_target != nullptr) store_from_acc(out_target, grad_target_row + c0, n);
         }

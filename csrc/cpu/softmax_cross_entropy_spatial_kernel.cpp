@@ -1,7 +1,9 @@
 // SoftmaxCrossEntropy CPU loops, spatial layout (inner > 1, class stride S): the SIMD lanes are consecutive
 // positions of one outer index, their running sums in registers while a loop sweeps the classes, so
-// (N, C, H, W) is read in place, untransposed (column_sums / backward_spatial_typed). Compiled once per
-// SIMD level (see cpu/dispatch.h); the letters are those of cpu/cross_entropy_math.h.
+// (N, C, H, W) is read in place, untransposed (column_sums / backward_spatial_typed). With a softcap a
+// chunk's logits are first written softcapped into a buffer (chunk_logits) that the same loops read, and the
+// chunk's gradient is multiplied by the softcap's derivative once complete. Compiled once per SIMD level
+// (see cpu/dispatch.h); the letters are those of cpu/cross_entropy_math.h.
 #include <array>
 #include <vector>
 
@@ -40,6 +42,19 @@ inline const acc_t* chunk_as_acc(
     for (int64_t c = 0; c < classes; ++c) at::vec::convert(src + c * inner, buffer + c * lanes, chunk.len);
     return buffer;
   }
+}
+
+// The chunk's logits as the loss sees them: with a softcap z' = s tanh(x / s) written into `buffer` (stride
+// lanes), else chunk_as_acc.
+template <typename T, typename acc_t = at::opmath_type<T>>
+inline const acc_t* chunk_logits(
+    const T* base, const Chunk& chunk, int64_t classes, int64_t inner, int64_t lanes, acc_t* buffer, int64_t& stride,
+    const LossConstants<acc_t>& k) {
+  if (!k.softcapped()) return chunk_as_acc(base, chunk, classes, inner, lanes, buffer, stride);
+  const T* src = base + chunk.n * classes * inner + chunk.s0;
+  for (int64_t c = 0; c < classes; ++c) softcap_into(src + c * inner, chunk.len, buffer + c * lanes, k);
+  stride = lanes;
+  return buffer;
 }
 
 // Per SIMD lane (one spatial position each), over the classes of a column with class stride `stride`:
@@ -113,7 +128,7 @@ void forward_spatial_typed(const CrossEntropyProblem& problem, const CrossEntrop
   using acc_t = at::opmath_type<T>;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  const LossConstants<acc_t> k(problem);
+  const LossConstants<acc_t> k = loss_constants<acc_t>(problem);
   const int64_t C = problem.classes, S = problem.inner;
   const int64_t lanes = spatial_lanes(C);
   const int64_t blocks = loss_blocks(problem.outer, C, S);
@@ -123,13 +138,13 @@ void forward_spatial_typed(const CrossEntropyProblem& problem, const CrossEntrop
   auto* log_sum_out = static_cast<acc_t*>(out.log_sum);
   const int64_t grain = std::max<int64_t>(1, kParallelGrainElements / std::max<int64_t>(C * lanes, 1));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> x_buffer(is_reduced_v<T> ? C * lanes : 0);
+    std::vector<acc_t> x_buffer(is_reduced_v<T> || k.softcapped() ? C * lanes : 0);
     std::vector<acc_t> p_buffer(is_reduced_v<T> && prob != nullptr ? C * lanes : 0);
     alignas(64) std::array<acc_t, kMaxLanes> m, log_s, lin, coef_sum;
     for (int64_t b = begin; b < end; ++b) {
       const Chunk chunk = chunk_of(b, S, lanes);
       int64_t x_stride = 0, p_stride = 0;
-      const acc_t* x = chunk_as_acc(input, chunk, C, S, lanes, x_buffer.data(), x_stride);
+      const acc_t* x = chunk_logits(input, chunk, C, S, lanes, x_buffer.data(), x_stride, k);
       const acc_t* p = prob != nullptr ? chunk_as_acc(prob, chunk, C, S, lanes, p_buffer.data(), p_stride) : nullptr;
       for (int64_t j = 0; j < chunk.len; j += V) {
         const ColumnSums<acc_t> column = column_sums<acc_t, kLinear, kWeighted>(
@@ -163,7 +178,7 @@ void backward_spatial_typed(const CrossEntropyProblem& problem, const CrossEntro
   using acc_t = at::opmath_type<T>;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  const LossConstants<acc_t> k(problem);
+  const LossConstants<acc_t> k = loss_constants<acc_t>(problem);
   const int64_t C = problem.classes, S = problem.inner;
   const int64_t lanes = spatial_lanes(C);
   const int64_t blocks = loss_blocks(problem.outer, C, S);
@@ -176,20 +191,20 @@ void backward_spatial_typed(const CrossEntropyProblem& problem, const CrossEntro
   const int64_t grain = std::max<int64_t>(1, kParallelGrainElements / std::max<int64_t>(C * lanes, 1));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     const int64_t buffer_size = is_reduced_v<T> ? C * lanes : 0;
-    std::vector<acc_t> x_buffer(buffer_size), grad_buffer(buffer_size);
+    std::vector<acc_t> x_buffer(is_reduced_v<T> || k.softcapped() ? C * lanes : 0), grad_buffer(buffer_size);
     std::vector<acc_t> p_buffer(kProbability ? buffer_size : 0);
     std::vector<acc_t> grad_target_buffer(grad_target != nullptr ? buffer_size : 0);
-    // Per lane: m and log s (0 where not finite), 1 / s, gA (index: already divided by s), gb (index:
-    // g eps / C; probability: g), the target term subtracted at class t (index), and which lanes are NaN
-    // columns.
-    alignas(64) std::array<acc_t, kMaxLanes> m, log_s, inv_s, gA, gb, target_term;
+    // Per lane: m and log s (0 where not finite), 1 / s, gA (index: the softmax factor, already divided by s),
+    // gb (index: g eps / C; probability: g), gz (probability: the z-loss's scale), the target term subtracted
+    // at class t (index), and which lanes are NaN columns.
+    alignas(64) std::array<acc_t, kMaxLanes> m, log_s, inv_s, gA, gb, gz, target_term;
     std::array<int64_t, kMaxLanes> target;
     std::array<bool, kMaxLanes> nan_lane;
     for (int64_t b = begin; b < end; ++b) {
       const Chunk chunk = chunk_of(b, S, lanes);
       const int64_t offset = chunk.n * C * S + chunk.s0;
       int64_t x_stride = 0, p_stride = 0;
-      const acc_t* x = chunk_as_acc(input, chunk, C, S, lanes, x_buffer.data(), x_stride);
+      const acc_t* x = chunk_logits(input, chunk, C, S, lanes, x_buffer.data(), x_stride, k);
       const acc_t* p = kProbability ? chunk_as_acc(prob, chunk, C, S, lanes, p_buffer.data(), p_stride) : nullptr;
       const int64_t out_stride = is_reduced_v<T> ? lanes : S;
       acc_t* out = acc_destination(grad + offset, grad_buffer.data());
@@ -197,7 +212,7 @@ void backward_spatial_typed(const CrossEntropyProblem& problem, const CrossEntro
           grad_target != nullptr ? acc_destination(grad_target + offset, grad_target_buffer.data()) : nullptr;
       const int64_t padded = (chunk.len + V - 1) / V * V;
       for (int64_t l = 0; l < padded; ++l) {
-        m[l] = log_s[l] = inv_s[l] = gA[l] = gb[l] = target_term[l] = acc_t(0);
+        m[l] = log_s[l] = inv_s[l] = gA[l] = gb[l] = gz[l] = target_term[l] = acc_t(0);
         target[l] = -1;
         nan_lane[l] = false;
         if (l >= chunk.len) continue;
@@ -210,14 +225,16 @@ void backward_spatial_typed(const CrossEntropyProblem& problem, const CrossEntro
         log_s[l] = log_sum[position];
         inv_s[l] = acc_t(1) / std::exp(log_s[l]);
         const acc_t g = position_scale<T>(args, position);
+        const acc_t g_z = z_position_scale<T>(args, k, position);
         if constexpr (kProbability) {
           gb[l] = g;
+          gz[l] = g_z;
         } else {
           const int64_t t = class_index(problem.target, problem.index_dtype, position);
           if (t == problem.ignore_index) continue;
           check_class_index(t, C);
           const acc_t w_t = k.class_weight(t);
-          gA[l] = g * (k.keep * w_t + k.smooth * k.total_weight) * inv_s[l];
+          gA[l] = softmax_factor(k, g, index_coef_sum(k, w_t), g_z, m[l] + log_s[l], inv_s[l]);
           gb[l] = g * k.smooth;
           target[l] = t;
           target_term[l] = g * k.keep * w_t;
@@ -233,10 +250,10 @@ void backward_spatial_typed(const CrossEntropyProblem& problem, const CrossEntro
           Vec a = at::vec::fmadd(Vec(k.keep), load_lanes<Vec>(p + c * p_stride + j, count), Vec(k.smooth));
           return kWeighted ? a * Vec(k.weight[c]) : a;
         };
-        if constexpr (kProbability) {  // gA / s = g A / s, A = sum_c a_c
+        if constexpr (kProbability) {  // (g A + gz 2 lambda lse) / s, A = sum_c a_c
           Vec coef_sum(acc_t(0));
           for (int64_t c = 0; c < C; ++c) coef_sum = coef_sum + coef(c);
-          gA_v = coef_sum * gb_v * Vec::loadu(inv_s.data() + j);
+          gA_v = softmax_factor(k, gb_v, coef_sum, Vec::loadu(gz.data() + j), m_v + log_s_v, Vec::loadu(inv_s.data() + j));
         }
         for (int64_t c = 0; c < C; ++c) {
           const Vec xv = load_lanes<Vec>(x + c * x_stride + j, count);
@@ -261,6 +278,9 @@ void backward_spatial_typed(const CrossEntropyProblem& problem, const CrossEntro
             for (int64_t c = 0; c < C; ++c) out_target[c * out_stride + l] = kNaN<acc_t>;
           }
         }
+      }
+      if (k.softcapped()) {
+        for (int64_t c = 0; c < C; ++c) scale_by_softcap_derivative(out + c * out_stride, x + c * x_stride, chunk.len, k);
       }
       if constexpr (is_reduced_v<T>) {
         for (int64_t c = 0; c < C; ++c) {

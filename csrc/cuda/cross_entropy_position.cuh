@@ -8,7 +8,9 @@
 //   a_c the coefficients of the linear term, A = sum_c a_c, lin = sum_c a_c (x_c - m),
 //   index targets:        loss = (1 - eps) w_t ((m - x_t) + log s) + (eps / C) (A log s - lin),  a_c = w_c
 //   probability targets:  loss = A log s - lin,  a_c = w_c q_c,  q_c = (1 - eps) p_c + eps / C
-// (without label smoothing the index loss is only its first term; without weight w_c = 1).
+// (without label smoothing the index loss is only its first term; without weight w_c = 1), plus the z-loss
+// lambda lse^2 of every non-ignored position; with a softcap s every x is the softcapped logit s tanh(z / s)
+// of the input z (logit()), whose derivative 1 - (x / s)^2 multiplies the gradient.
 // All arithmetic is in acc_t = at::opmath_type<scalar_t>: float for float32, bfloat16 and float16, double
 // for float64.
 #pragma once
@@ -44,10 +46,20 @@ struct CrossEntropyProblem {
   acc_t keep;      // 1 - eps
   acc_t smooth;    // eps / C
   bool smoothing;  // eps > 0: index targets get the class-weight linear term
+  acc_t lambda;    // the z-loss scale (0: none)
+  acc_t softcap;   // s (0: none)
 
   __device__ acc_t class_weight(int64_t c) const { return weight != nullptr ? weight[c] : acc_t(1); }
-  // Element e of the logits as the loss sees it.
-  __device__ acc_t logit(int64_t e) const { return static_cast<acc_t>(input[e]); }
+  // Element e of the logits as the loss sees it: x = s tanh(z / s) with a softcap, the input z otherwise.
+  __device__ acc_t logit(int64_t e) const {
+    const acc_t z = static_cast<acc_t>(input[e]);
+    return softcap > 0 ? softcap * tanh_of(z / softcap) : z;
+  }
+  // d x / d z = 1 - tanh^2(z / s) = 1 - (x / s)^2 of a softcapped logit x (1 without a softcap).
+  __device__ acc_t softcap_derivative(acc_t x) const {
+    const acc_t ratio = x / softcap;
+    return acc_t(1) - ratio * ratio;
+  }
   // Whether the forward needs A and lin (probability targets, or index targets with label smoothing).
   template <bool kProbability>
   __device__ bool has_linear_term() const { return kProbability || smoothing; }
@@ -155,14 +167,16 @@ struct MergeStats {
 // ---- forward: the loss of a position -------------------------------------------------------------------------
 template <typename acc_t>
 struct PositionLoss {
-  acc_t loss;
-  acc_t weight;  // the position's share of the 'mean' normalizer
+  acc_t loss;     // the cross-entropy
+  acc_t weight;   // the position's share of the 'mean' normalizer
+  acc_t z_loss;   // lambda lse^2 (0 without a z-loss or when ignored)
+  acc_t z_count;  // the position's share of the z-loss's 'mean' normalizer: 1, 0 when ignored
 };
 
 // m, log s (written to max_logit / log_sum) and the loss of one position from the statistics of all its
 // logits; ignored index targets give 0 and weigh nothing. Non-finite rows store m in both (so that
-// m + log s is their lse: NaN, +inf or -inf). An out-of-range class index stops the kernel (one message
-// per position: only the position's leader calls this).
+// m + log s is their lse: NaN, +inf or -inf); their z-loss is that of their logsumexp, m (NaN or inf). An
+// out-of-range class index stops the kernel (one message per position: only the position's leader calls this).
 template <bool kProbability, typename scalar_t>
 __device__ PositionLoss<at::opmath_type<scalar_t>> finish_position(
     const CrossEntropyProblem<scalar_t>& pb, const RowStats<at::opmath_type<scalar_t>>& st, int64_t position,
@@ -172,20 +186,22 @@ __device__ PositionLoss<at::opmath_type<scalar_t>> finish_position(
   const acc_t log_sum = log_of(st.sum_exp);
   max_logit[position] = st.max;
   log_sum_out[position] = finite ? log_sum : st.max;
+  const acc_t lse = finite ? st.max + log_sum : st.max;
+  const acc_t z = pb.lambda > 0 ? pb.lambda * lse * lse : acc_t(0);
   if constexpr (kProbability) {
-    if (pb.classes == 0) return {acc_t(0), acc_t(1)};
-    return {finite ? st.coef_sum * log_sum - st.linear : kNaN<acc_t>, acc_t(1)};
+    if (pb.classes == 0) return {acc_t(0), acc_t(1), z, acc_t(1)};
+    return {finite ? st.coef_sum * log_sum - st.linear : kNaN<acc_t>, acc_t(1), z, acc_t(1)};
   } else {
     const int64_t t = pb.class_target[position];
-    if (t == pb.ignore_index) return {acc_t(0), acc_t(0)};
+    if (t == pb.ignore_index) return {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
     CUDA_KERNEL_ASSERT_PRINTF(
         t >= 0 && t < pb.classes, "softmax_cross_entropy: Target %lld is out of bounds (classes: %lld).",
         static_cast<long long>(t), static_cast<long long>(pb.classes));
     const acc_t w_t = pb.class_weight(t);
-    if (!finite) return {kNaN<acc_t>, w_t};
+    if (!finite) return {kNaN<acc_t>, w_t, z, acc_t(1)};
     const acc_t nll = (st.max - pb.logit(base + t * class_stride)) + log_sum;
-    if (!pb.smoothing) return {w_t * nll, w_t};
-    return {pb.keep * w_t * nll + pb.smooth * (st.coef_sum * log_sum - st.linear), w_t};
+    if (!pb.smoothing) return {w_t * nll, w_t, z, acc_t(1)};
+    return {pb.keep * w_t * nll + pb.smooth * (st.coef_sum * log_sum - st.linear), w_t, z, acc_t(1)};
   }
 }
 
@@ -197,8 +213,12 @@ __device__ PositionLoss<at::opmath_type<scalar_t>> finish_position(
 //   probability:  A = sum_c w_c q_c,                 a_j = w_j q_j
 //   d loss / d p_j = (1 - eps) w_j ((m - x_j) + log s)                  (probability targets, via q_j)
 // times g = grad_loss (of the position, or the one value) / normalizer. y is exp(x - m) times A g / s
-// (x - m is exact where y is not negligible: full precision at any logit offset). Ignored positions get
-// 0; a non-finite m (NaN, +inf or an all -inf row) gives NaN, as torch's log_softmax backward does.
+// (x - m is exact where y is not negligible: full precision at any logit offset). The z-loss adds
+//   d (lambda lse^2) / d x_j = 2 lambda lse y_j
+// times gz = grad_loss / (the z-loss's normalizer): y's factor becomes (g A + gz 2 lambda lse) / s. A softcap
+// multiplies d loss / d x_j by 1 - (x_j / s)^2 (the gradient with respect to the input z_j; d loss / d p keeps
+// its formula, in x). Ignored positions get 0; a non-finite m (NaN, +inf or an all -inf row) gives NaN, as
+// torch's log_softmax backward does.
 template <typename scalar_t>
 struct BackwardArgs {
   using acc_t = at::opmath_type<scalar_t>;
@@ -207,6 +227,7 @@ struct BackwardArgs {
   const acc_t* max_logit;   // per position: m
   const acc_t* log_sum;     // per position: log s
   const acc_t* normalizer;  // one value
+  const acc_t* z_normalizer;  // one value: the z-loss's 'mean' normalizer, or nullptr (1)
   const acc_t* weight_sum;  // W = sum_c w_c (index targets with weight and label smoothing), or nullptr
   scalar_t* grad_input;     // like input, or nullptr
   scalar_t* grad_target;    // like input (probability targets), or nullptr
@@ -219,7 +240,7 @@ struct PositionGradient {
   acc_t m;
   acc_t log_s;
   acc_t g;            // grad_loss / normalizer
-  acc_t gA_s;         // g A / s: exp(x - m) times this is g A y
+  acc_t gA_s;         // (g A + gz 2 lambda lse) / s: exp(x - m) times this is (g A + gz 2 lambda lse) y
   acc_t g_keep;       // g (1 - eps)
   acc_t g_smooth;     // index targets: g eps / C (0 without label smoothing)
   acc_t target_term;  // index targets: g (1 - eps) w_t, subtracted at class t
@@ -244,11 +265,17 @@ __device__ __forceinline__ PositionGradient<at::opmath_type<scalar_t>> position_
     return pg;
   }
   pg.kind = Gradient::kRegular;
-  pg.g = static_cast<acc_t>(bw.grad_loss[bw.grad_per_position ? position : 0]) / bw.normalizer[0];
+  const acc_t grad_loss = static_cast<acc_t>(bw.grad_loss[bw.grad_per_position ? position : 0]);
+  pg.g = grad_loss / bw.normalizer[0];
   pg.g_keep = pg.g * pb.keep;
   const acc_t inv_s = acc_t(1) / exp_of(pg.log_s);
+  acc_t z_term = acc_t(0);  // gz 2 lambda lse
+  if (pb.lambda > 0) {
+    const acc_t g_z = bw.z_normalizer != nullptr ? grad_loss / bw.z_normalizer[0] : grad_loss;
+    z_term = g_z * acc_t(2) * pb.lambda * (pg.m + pg.log_s);
+  }
   if constexpr (kProbability) {
-    pg.gA_s = pg.g * coef_sum * inv_s;
+    pg.gA_s = (pg.g * coef_sum + z_term) * inv_s;
   } else {
     const int64_t t = pb.class_target[position];
     if (t == pb.ignore_index) {
@@ -262,7 +289,7 @@ __device__ __forceinline__ PositionGradient<at::opmath_type<scalar_t>> position_
     }
     const acc_t w_t = (t >= 0 && t < pb.classes) ? pb.class_weight(t) : acc_t(0);
     const acc_t total_weight = bw.weight_sum != nullptr ? bw.weight_sum[0] : static_cast<acc_t>(pb.classes);
-    pg.gA_s = pg.g * (pb.keep * w_t + (pb.smoothing ? pb.smooth * total_weight : acc_t(0))) * inv_s;
+    pg.gA_s = (pg.g * (pb.keep * w_t + (pb.smoothing ? pb.smooth * total_weight : acc_t(0))) + z_term) * inv_s;
     pg.g_smooth = pb.smoothing ? pg.g * pb.smooth : acc_t(0);
     pg.target_term = pg.g_keep * w_t;
     pg.target = t;
@@ -270,7 +297,7 @@ __device__ __forceinline__ PositionGradient<at::opmath_type<scalar_t>> position_
   return pg;
 }
 
-// d loss / d x of element e (class c, logit x = pb.logit(e)): g (y A - a).
+// d loss / d z of element e (class c, logit x = pb.logit(e)): (g (y A - a) + gz 2 lambda lse y) dx/dz.
 template <bool kProbability, typename scalar_t>
 __device__ __forceinline__ at::opmath_type<scalar_t> grad_input_element(
     const CrossEntropyProblem<scalar_t>& pb, const PositionGradient<at::opmath_type<scalar_t>>& pg,
@@ -279,13 +306,14 @@ __device__ __forceinline__ at::opmath_type<scalar_t> grad_input_element(
   if (pg.kind == PositionGradient<acc_t>::kNaN) return kNaN<acc_t>;
   if (pg.kind == PositionGradient<acc_t>::kZero) return acc_t(0);
   const acc_t e_xm = exp_of(x - pg.m);  // s y
+  acc_t grad;
   if constexpr (kProbability) {
-    return e_xm * pg.gA_s - pg.g * pb.template linear_coef<true>(e, c);
+    grad = e_xm * pg.gA_s - pg.g * pb.template linear_coef<true>(e, c);
   } else {
-    acc_t grad = e_xm * pg.gA_s - pg.g_smooth * pb.class_weight(c);
+    grad = e_xm * pg.gA_s - pg.g_smooth * pb.class_weight(c);
     if (c == pg.target) grad -= pg.target_term;
-    return grad;
   }
+  return pb.softcap > 0 ? grad * pb.softcap_derivative(x) : grad;
 }
 
 // d loss / d p of element e (class c, logit x), probability targets: g (1 - eps) w_c ((m - x) + log s).

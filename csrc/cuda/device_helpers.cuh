@@ -18,13 +18,15 @@ inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
-// exp / log of the accumulation type (float for float, bfloat16, float16; double for double), spelled
+// exp / log / tanh of the accumulation type (float for float, bfloat16, float16; double for double), spelled
 // out so that a float never goes through the double routines. These are the functions torch's own CUDA
 // kernels call (std::exp(float) is expf): full precision, no fast-math intrinsics.
 __device__ __forceinline__ float exp_of(float x) { return ::expf(x); }
 __device__ __forceinline__ double exp_of(double x) { return ::exp(x); }
 __device__ __forceinline__ float log_of(float x) { return ::logf(x); }
 __device__ __forceinline__ double log_of(double x) { return ::log(x); }
+__device__ __forceinline__ float tanh_of(float x) { return ::tanhf(x); }
+__device__ __forceinline__ double tanh_of(double x) { return ::tanh(x); }
 
 // A max that propagates NaN (fmax would drop it): a NaN logit must make the row's loss NaN, as in torch.
 template <typename T>

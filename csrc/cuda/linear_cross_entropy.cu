@@ -28,6 +28,7 @@ using cuda::block_reduce;
 using cuda::block_sum;
 using cuda::exp_of;
 using cuda::log_of;
+using cuda::tanh_of;
 
 constexpr int kRowThreads = 512;
 
@@ -38,13 +39,6 @@ struct NanMax {
     return cuda::nan_max(a, b);
   }
 };
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t tanh_of(acc_t x);
-template <>
-__device__ __forceinline__ float tanh_of(float x) { return ::tanhf(x); }
-template <>
-__device__ __forceinline__ double tanh_of(double x) { return ::tanh(x); }
 
 template <typename scalar_t>
 struct RowArgs {

@@ -15,8 +15,9 @@
 //              chosen from the shape alone: enough threads to fill a large GPU when positions are few.
 // Forward: each thread keeps online statistics (m, s, A, lin) of its classes in one pass, the group
 // merges them, and the group's leader writes m, log s and the loss. 'mean' / 'sum': each block adds its
-// positions' losses in a fixed order into one partial, and a one-block kernel adds the partials in order,
-// in double: no float atomics, the same bits on every run.
+// positions' losses (and z-losses) in a fixed order into one partial, and a one-block kernel adds the
+// partials in order, in double: no float atomics, the same bits on every run. The softcap and the z-loss
+// are per-position math (cross_entropy_position.cuh): no layout changes for them.
 // Backward: one read of x (and p) and one write of the gradient per element.
 // No host sync. The launch never exceeds a kernel's __launch_bounds__ (max_threads of its layout): the
 // registers of every build, debug included, fit the block (tools/cuda_resources.py checks the cubins).
@@ -135,7 +136,21 @@ struct ForwardOutputs {
   acc_t* log_sum;       // per position: log s
   acc_t* block_loss;    // per block partial sums ('mean' / 'sum'), or nullptr
   acc_t* block_weight;  // per block partial normalizer weights, with block_loss
+  acc_t* block_z;       // per block partial z-loss sums ('mean' / 'sum' with a z-loss), or nullptr
+  acc_t* block_z_count; // per block count of the positions whose z-loss counts, with block_z
 };
+
+// The block's sums of `value` and `weight` over its threads, in thread order, stored by its first thread at
+// [blockIdx.x]. Every thread of the block must call it.
+template <typename acc_t>
+__device__ __forceinline__ void store_block_sums(acc_t value, acc_t weight, acc_t* values, acc_t* weights, acc_t* scratch) {
+  const acc_t value_sum = cuda::block_sum(value, scratch);
+  const acc_t weight_sum = cuda::block_sum(weight, scratch);
+  if (cuda::flat_thread_index() == 0) {
+    values[blockIdx.x] = value_sum;
+    weights[blockIdx.x] = weight_sum;
+  }
+}
 
 template <typename scalar_t, bool kProbability, Layout kLayout>
 __global__ void __launch_bounds__(max_threads(kLayout))
@@ -150,20 +165,16 @@ __global__ void __launch_bounds__(max_threads(kLayout))
   }
   const cuda::MergeStats<acc_t> merge_stats{pb.template has_linear_term<kProbability>()};
   st = group_reduce<kLayout>(st, cuda::no_logits<acc_t>(), lanes, stats_scratch, merge_stats);
-  PositionLoss<acc_t> result{acc_t(0), acc_t(0)};
+  PositionLoss<acc_t> result{acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   if (here.valid && here.leader) {
     result = cuda::finish_position<kProbability>(
         pb, st, here.position, here.base, here.class_stride, out.max_logit, out.log_sum);
-    if (out.loss != nullptr) out.loss[here.position] = static_cast<scalar_t>(result.loss);
+    if (out.loss != nullptr) out.loss[here.position] = static_cast<scalar_t>(result.loss + result.z_loss);
   }
   if (out.block_loss == nullptr) return;  // the same for the whole grid
   // The block's positions in thread order (everyone but the leaders adds exactly 0).
-  const acc_t block_loss = cuda::block_sum(result.loss, sum_scratch);
-  const acc_t block_weight = cuda::block_sum(result.weight, sum_scratch);
-  if (cuda::flat_thread_index() == 0) {
-    out.block_loss[blockIdx.x] = block_loss;
-    out.block_weight[blockIdx.x] = block_weight;
-  }
+  store_block_sums(result.loss, result.weight, out.block_loss, out.block_weight, sum_scratch);
+  if (out.block_z != nullptr) store_block_sums(result.z_loss, result.z_count, out.block_z, out.block_z_count, sum_scratch);
 }
 
 // The reduced loss and the normalizer from the blocks' partials, added in block order by one block, in
@@ -171,25 +182,39 @@ __global__ void __launch_bounds__(max_threads(kLayout))
 //   'sum': loss = sum, normalizer 1;  'mean': loss = sum / normalizer with the normalizer the total weight of
 //   the non-ignored index targets (all ignored: 0 / 0 = NaN, as torch) or `count_normalizer` (probability
 //   targets: the number of positions, 0 when there are no classes).
+// With a z-loss (`block_z` not null) its total is added: divided by the count of its positions for 'mean'.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kFinishThreads) finish_reduction_kernel(
-    const at::opmath_type<scalar_t>* block_loss, const at::opmath_type<scalar_t>* block_weight, int64_t blocks,
-    bool mean, bool weight_normalized, at::opmath_type<scalar_t> count_normalizer, scalar_t* loss,
-    at::opmath_type<scalar_t>* normalizer) {
+    ForwardOutputs<scalar_t> partials, int64_t blocks, bool mean, bool weight_normalized,
+    at::opmath_type<scalar_t> count_normalizer, scalar_t* loss, at::opmath_type<scalar_t>* normalizer) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ double scratch[kWarpSize];
-  double loss_sum = 0, weight_sum = 0;
+  const bool z_loss = partials.block_z != nullptr;
+  double loss_sum = 0, weight_sum = 0, z_sum = 0, z_count = 0;
   for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x) {
-    loss_sum += block_loss[b];
-    weight_sum += block_weight[b];
+    loss_sum += partials.block_loss[b];
+    weight_sum += partials.block_weight[b];
+    if (z_loss) {
+      z_sum += partials.block_z[b];
+      z_count += partials.block_z_count[b];
+    }
   }
   loss_sum = cuda::block_sum(loss_sum, scratch);
   weight_sum = cuda::block_sum(weight_sum, scratch);
+  if (z_loss) {
+    z_sum = cuda::block_sum(z_sum, scratch);
+    z_count = cuda::block_sum(z_count, scratch);
+  }
   if (threadIdx.x == 0) {
     const acc_t norm = !mean ? acc_t(1) : (weight_normalized ? static_cast<acc_t>(weight_sum) : count_normalizer);
     normalizer[0] = norm;
     const acc_t total = static_cast<acc_t>(loss_sum);
-    loss[0] = static_cast<scalar_t>(mean ? total / norm : total);
+    acc_t result = mean ? total / norm : total;
+    if (z_loss) {
+      const acc_t z_total = static_cast<acc_t>(z_sum);
+      result += mean ? z_total / static_cast<acc_t>(z_count) : z_total;
+    }
+    loss[0] = static_cast<scalar_t>(result);
   }
 }
 
@@ -270,7 +295,7 @@ LaunchPlan plan_launch(const SoftmaxCrossEntropyShape& shape) {
 template <typename scalar_t>
 CrossEntropyProblem<scalar_t> make_problem(
     const SoftmaxCrossEntropyShape& shape, const at::Tensor& input, const at::Tensor& target, const at::Tensor& weight,
-    int64_t ignore_index, double label_smoothing) {
+    int64_t ignore_index, double label_smoothing, double lse_square_scale, std::optional<double> softcap) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool probability = shape.target_kind == TargetKind::kProbability;
   CrossEntropyProblem<scalar_t> pb;
@@ -285,6 +310,8 @@ CrossEntropyProblem<scalar_t> make_problem(
   pb.keep = acc_t(1) - static_cast<acc_t>(label_smoothing);
   pb.smooth = shape.classes > 0 ? static_cast<acc_t>(label_smoothing) / static_cast<acc_t>(shape.classes) : acc_t(0);
   pb.smoothing = label_smoothing > 0;
+  pb.lambda = static_cast<acc_t>(lse_square_scale);
+  pb.softcap = static_cast<acc_t>(softcap.value_or(0.0));
   return pb;
 }
 
@@ -331,9 +358,10 @@ at::Tensor target_for_kernels(const at::Tensor& target, TargetKind kind) {
 // ---- ops ------------------------------------------------------------------------------------------------
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_forward_cuda(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    c10::string_view reduction, int64_t ignore_index, double label_smoothing) {
+    c10::string_view reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+    std::optional<double> softcap) {
   const SoftmaxCrossEntropyShape shape = check_softmax_cross_entropy_forward(
-      input, target, weight, reduction, ignore_index, label_smoothing);
+      input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const at::ScalarType acc_dtype = softmax_stats_dtype(input.scalar_type());
   const bool probability = shape.target_kind == TargetKind::kProbability;
@@ -345,17 +373,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy
   at::Tensor loss, max_logit, log_sum, normalizer;
   std::tie(loss, max_logit, log_sum, normalizer) = empty_forward_outputs(shape, input);
   const LaunchPlan plan = plan_launch(shape);
-  at::Tensor block_sums = at::empty({per_position ? 0 : 2, plan.blocks}, input.options().dtype(acc_dtype));
+  const bool z_loss = lse_square_scale > 0 && !per_position;
+  at::Tensor block_sums =
+      at::empty({per_position ? 0 : (z_loss ? 4 : 2), plan.blocks}, input.options().dtype(acc_dtype));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "softmax_cross_entropy_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const CrossEntropyProblem<scalar_t> pb = make_problem<scalar_t>(shape, x, t, w, ignore_index, label_smoothing);
+    const CrossEntropyProblem<scalar_t> pb =
+        make_problem<scalar_t>(shape, x, t, w, ignore_index, label_smoothing, lse_square_scale, softcap);
     ForwardOutputs<scalar_t> out;
     out.loss = per_position ? loss.mutable_data_ptr<scalar_t>() : nullptr;
     out.max_logit = max_logit.mutable_data_ptr<acc_t>();
     out.log_sum = log_sum.mutable_data_ptr<acc_t>();
     out.block_loss = per_position ? nullptr : block_sums.mutable_data_ptr<acc_t>();
     out.block_weight = per_position ? nullptr : out.block_loss + plan.blocks;
+    out.block_z = z_loss ? out.block_loss + 2 * plan.blocks : nullptr;
+    out.block_z_count = z_loss ? out.block_loss + 3 * plan.blocks : nullptr;
     if (plan.blocks > 0) {
       const auto kernel_of = [](auto kind, auto layout) {
         return forward_kernel<scalar_t, decltype(kind)::value, decltype(layout)::value>;
@@ -368,7 +401,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy
       const bool mean = shape.reduction == LossReduction::kMean;
       const acc_t count_normalizer = shape.classes > 0 ? static_cast<acc_t>(shape.positions()) : acc_t(0);
       finish_reduction_kernel<scalar_t><<<1, kFinishThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          out.block_loss, out.block_weight, plan.blocks, mean, !probability, count_normalizer,
+          out, plan.blocks, mean, !probability, count_normalizer,
           loss.mutable_data_ptr<scalar_t>(), normalizer.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -380,9 +413,10 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& max_logit, const at::Tensor& log_sum,
     const at::Tensor& normalizer, c10::string_view reduction, int64_t ignore_index, double label_smoothing,
-    std::array<bool, 2> output_mask) {
+    std::array<bool, 2> output_mask, double lse_square_scale, std::optional<double> softcap) {
   const SoftmaxCrossEntropyShape shape = check_softmax_cross_entropy_backward(
-      grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing);
+      grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing,
+      lse_square_scale, softcap);
   const bool probability = shape.target_kind == TargetKind::kProbability;
   const bool want_input = output_mask[0];
   const bool want_target = output_mask[1] && probability;
@@ -398,6 +432,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
   const at::Tensor m = max_logit.contiguous();
   const at::Tensor log_s = log_sum.contiguous();
   const at::Tensor weight_sum = (!probability && w.defined() && label_smoothing > 0) ? w.sum() : at::Tensor();
+  const at::Tensor z_normalizer = z_loss_normalizer(shape, t, ignore_index, lse_square_scale, acc_dtype);
   at::Tensor grad_input = want_input ? at::empty(input.sizes(), input.options()) : nothing();
   at::Tensor grad_target = want_target ? at::empty(input.sizes(), input.options()) : nothing();
   const LaunchPlan plan = plan_launch(shape);
@@ -405,13 +440,15 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_backward_cuda(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "softmax_cross_entropy_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const CrossEntropyProblem<scalar_t> pb = make_problem<scalar_t>(shape, x, t, w, ignore_index, label_smoothing);
+    const CrossEntropyProblem<scalar_t> pb =
+        make_problem<scalar_t>(shape, x, t, w, ignore_index, label_smoothing, lse_square_scale, softcap);
     BackwardArgs<scalar_t> bw;
     bw.grad_loss = grad_loss_values.const_data_ptr<scalar_t>();
     bw.grad_per_position = shape.reduction == LossReduction::kNone;
     bw.max_logit = m.const_data_ptr<acc_t>();
     bw.log_sum = log_s.const_data_ptr<acc_t>();
     bw.normalizer = normalizer.const_data_ptr<acc_t>();
+    bw.z_normalizer = z_normalizer.defined() ? z_normalizer.const_data_ptr<acc_t>() : nullptr;
     bw.weight_sum = weight_sum.defined() ? weight_sum.const_data_ptr<acc_t>() : nullptr;
     bw.grad_input = want_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
     bw.grad_target = want_target ? grad_target.mutable_data_ptr<scalar_t>() : nullptr;

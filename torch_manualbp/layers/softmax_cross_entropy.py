@@ -1,11 +1,15 @@
 """SoftmaxCrossEntropy, everything Python about it: F.cross_entropy(x, target, weight, ignore_index,
-reduction, label_smoothing) fused, the class dim 1 of x (C,), (N, C) or (N, C, d1, ..., dK).
+reduction, label_smoothing) fused, the class dim 1 of x (C,), (N, C) or (N, C, d1, ..., dK), with two
+options of language-model heads: a softcap of the logits and a z-loss.
 
-Per position i, with m_i = max_c x_ic, s_i = sum_c exp(x_ic - m_i), lse_i = m_i + log s_i, a_i the
-weighted, smoothed target distribution, A_i its sum and w the class weights:
-    forward        loss_i = sum_c a_ic (lse_i - x_ic), reduced ('mean': divided by the normalizer)
-                                                                          (csrc/softmax_cross_entropy.cpp)
-    backward       grad_input = g_i (softmax(x_i) A_i - a_i)    grad_target = g_i (1 - eps) w (lse_i - x_i)
+Per position i, with u_i = s tanh(x_i / s) the logits the softmax sees (softcap s; u = x without it),
+m_i = max_c u_ic, s_i = sum_c exp(u_ic - m_i), lse_i = m_i + log s_i, a_i the weighted, smoothed target
+distribution, A_i its sum, w the class weights and lambda the z-loss scale:
+    forward        loss_i = sum_c a_ic (lse_i - u_ic) + lambda lse_i^2 (z-loss: non-ignored positions),
+                   reduced ('mean': the cross-entropy over the normalizer, the z-loss over the number of
+                   non-ignored positions)                             (csrc/softmax_cross_entropy.cpp)
+    backward       grad_input = (g_i (softmax(u_i) A_i - a_i) + gz_i 2 lambda lse_i softmax(u_i)) (1 - (u_i / s)^2)
+                   grad_target = g_i (1 - eps) w (lse_i - u_i)
     forward AD     SoftmaxCrossEntropyFunction.jvp
     double backward and the backward's tangents: SoftmaxCrossEntropyBackwardFunction below
 
@@ -14,6 +18,9 @@ here: the Functions' backward as their autograd (register_autograd), fake kernel
 the C++ does (same messages), batching rules for torch.vmap, and autocast kernels (F.cross_entropy's
 rule: float32).
 """
+import math
+from types import SimpleNamespace
+
 import torch
 
 from .._compat import register_vmap
@@ -33,31 +40,39 @@ _ops = torch.ops.torch_manualbp
 
 
 class SoftmaxCrossEntropyFunction(torch.autograd.Function):
-    """F.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing), fused.
+    """F.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing), fused, with a softcap
+    of the logits and a z-loss.
 
-    ``apply(input, target, weight, reduction, ignore_index, label_smoothing)`` (the order of the op
-    softmax_cross_entropy_forward) returns ``(loss, max_logit, log_sum, normalizer)``; only ``loss`` is
-    differentiable (with respect to ``input``, and to ``target`` when it holds class probabilities).
+    ``apply(input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale=0.0,
+    softcap=None)`` (the order of the op softmax_cross_entropy_forward) returns ``(loss, max_logit,
+    log_sum, normalizer)``; only ``loss`` is differentiable (with respect to ``input``, and to ``target``
+    when it holds class probabilities).
 
     Backward (csrc/softmax_cross_entropy.cpp), per position i, from the saved m_i = max_logit and
-    log s_i = log_sum (lse_i = m_i + log s_i, softmax(x_i) = exp(x_i - m_i) / s_i):
-        grad_input  = g_i (softmax(x_i) A_i - a_i)      grad_target = g_i (1 - eps) w (lse_i - x_i)
-    with a_i the weighted, smoothed target distribution, A_i its sum and g_i = grad_loss / normalizer.
-    Forward-mode (jvp), with tangents x' and (probability targets) p', y = softmax(x), <.,.> over classes:
-        loss_i' = (<y A_i - a_i, x_i'> + (1 - eps) <w p_i', lse_i - x_i>) / normalizer, reduced as the loss
+    log s_i = log_sum of the softcapped logits u_i = s tanh(x_i / s) (lse_i = m_i + log s_i,
+    y_i = softmax(u_i) = exp(u_i - m_i) / s_i):
+        grad_input  = (g_i (y_i A_i - a_i) + gz_i lse_i y_i) (1 - (u_i / s)^2)
+        grad_target = g_i (1 - eps) w (lse_i - u_i)
+    with a_i the weighted, smoothed target distribution, A_i its sum, g_i = grad_loss / normalizer and
+    gz_i = grad_loss c_i, c_i = 2 lambda kappa_i / N_z the z-loss's coefficient (_z_loss_coefficient).
+    Forward-mode (jvp), with tangents x' and (probability targets) p', u' = (1 - (u / s)^2) x', <.,.> over
+    classes:
+        loss_i' = (<y A_i - a_i, u_i'> + (1 - eps) <w p_i', lse_i - u_i>) / normalizer + c_i lse_i <y, u_i'>,
+    reduced as the loss
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input, target, weight, reduction, ignore_index, label_smoothing):
+    def forward(input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale=0.0, softcap=None):
         return call_kernel(
-            _ops.softmax_cross_entropy_forward.default, input, target, weight, reduction, ignore_index, label_smoothing
+            _ops.softmax_cross_entropy_forward.default, input, target, weight, reduction, ignore_index,
+            label_smoothing, lse_square_scale, softcap,
         )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, target, weight, reduction, ignore_index, label_smoothing = inputs
+        input, target, weight, reduction, ignore_index, label_smoothing, *options = inputs
         _, max_logit, log_sum, normalizer = output
         ctx.mark_non_differentiable(max_logit, log_sum, normalizer)
         ctx.set_materialize_grads(False)  # no zero gradient buffers for the non-differentiable outputs
@@ -68,18 +83,23 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
         ctx.reduction = reduction
         ctx.ignore_index = ignore_index
         ctx.label_smoothing = label_smoothing
+        ctx.lse_square_scale, ctx.softcap = _loss_options(*options)
 
     @staticmethod
     def backward(ctx, grad_loss, grad_max_logit, grad_log_sum, grad_normalizer):
+        nothing = (None,) * 8
         if grad_loss is None:
-            return None, None, None, None, None, None
+            return nothing
         input, target, weight, max_logit, log_sum, normalizer = ctx.saved_tensors
         need_input, need_target, need_weight = ctx.needs_input_grad[:3]
         if need_weight:  # as torch's nll_loss: class weights are constants
             raise RuntimeError("softmax_cross_entropy: the derivative for 'weight' is not implemented")
         if not (need_input or need_target):
-            return None, None, None, None, None, None
-        options = (ctx.reduction, ctx.ignore_index, ctx.label_smoothing, [need_input, need_target])
+            return nothing
+        options = (
+            ctx.reduction, ctx.ignore_index, ctx.label_smoothing, [need_input, need_target], ctx.lse_square_scale,
+            ctx.softcap,
+        )
         if torch.is_grad_enabled() or functorch_active():
             # create_graph / torch.func: the backward op's own Function, which has derivatives and tangents.
             grad_input, grad_target = SoftmaxCrossEntropyBackwardFunction.apply(
@@ -90,11 +110,7 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
                 _ops.softmax_cross_entropy_backward.default,
                 grad_loss, input, target, weight, max_logit, log_sum, normalizer, *options,
             )
-        return (
-            grad_input if need_input else None,
-            grad_target if need_target else None,
-            None, None, None, None,
-        )
+        return (grad_input if need_input else None, grad_target if need_target else None) + (None,) * 6
 
     @staticmethod
     def jvp(ctx, input_tangent, target_tangent, *_):
@@ -104,22 +120,64 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
         class_dim = 0 if input.dim() == 1 else 1
         eps = ctx.label_smoothing
         a, A, class_weight = _softmax_cross_entropy_coefficients(input, target, weight, ctx.ignore_index, eps)
-        # (m - x) + log s: in this order, exact where the softmax is not negligible.
-        lse_minus_x = (max_logit.unsqueeze(class_dim) - input) + log_sum.unsqueeze(class_dim)
-        lse_minus_x = lse_minus_x.to(input.dtype)
+        logits, softcap_grad, _ = _softcapped_logits(input, ctx.softcap)
+        # (m - u) + log s: in this order, exact where the softmax is not negligible.
+        lse_minus_logits = (max_logit.unsqueeze(class_dim) - logits) + log_sum.unsqueeze(class_dim)
+        lse_minus_logits = lse_minus_logits.to(input.dtype)
+        y = (-lse_minus_logits).exp()
         per_class = torch.zeros_like(input)
+        logit_tangent = None
         if input_tangent is not None:
-            per_class = per_class + ((-lse_minus_x).exp() * A - a) * input_tangent
+            logit_tangent = input_tangent if softcap_grad is None else softcap_grad * input_tangent
+            per_class = per_class + (y * A - a) * logit_tangent
         if target_tangent is not None and _is_probability_target(input, target):
-            per_class = per_class + (1 - eps) * class_weight * target_tangent * lse_minus_x
+            per_class = per_class + (1 - eps) * class_weight * target_tangent * lse_minus_logits
         per_position = per_class.sum(class_dim) / normalizer.to(input.dtype)
+        z_coefficient = _z_loss_coefficient(input, target, ctx.ignore_index, ctx.reduction, ctx.lse_square_scale)
+        if z_coefficient is not None and logit_tangent is not None:
+            lse = (max_logit + log_sum).to(input.dtype)
+            per_position = per_position + z_coefficient * lse * (y * logit_tangent).sum(class_dim)
         loss_tangent = per_position if ctx.reduction == "none" else per_position.sum()
         return loss_tangent, None, None, None  # max_logit, log_sum, normalizer: non-differentiable
+
+
+def _loss_options(lse_square_scale=0.0, softcap=None):
+    """(lse_square_scale, softcap) from the trailing arguments of an op call, which may leave them out (the
+    dispatcher drops arguments equal to their defaults)."""
+    return lse_square_scale, softcap
 
 
 def _is_probability_target(input, target):
     """Class probabilities: a target of the input's shape (the C++ checks made sure it is floating)."""
     return target.shape == input.shape
+
+
+def _softcapped_logits(input, softcap):
+    """(u, du/dx, d2u/dx2) of the logits the softmax sees, u = softcap * tanh(x / softcap):
+    du/dx = 1 - (u / softcap)^2, d2u/dx2 = -2 u (du/dx) / softcap^2. Without a softcap: (input, None, None)."""
+    if softcap is None:
+        return input, None, None
+    logits = softcap * torch.tanh(input / softcap)
+    first = 1 - (logits / softcap) ** 2
+    return logits, first, -2 * logits * first / softcap**2
+
+
+def _z_loss_coefficient(input, target, ignore_index, reduction, lse_square_scale):
+    """c = 2 lambda kappa / N_z per position (the input's shape without the class dim), the derivative of the
+    reduced loss's z-loss term lambda sum_i kappa_i lse_i^2 / N_z with respect to lse_i over lse_i; None
+    without a z-loss. kappa: 1 where the z-loss counts (index targets: not ignore_index; probability
+    targets: every position); N_z: their number for 'mean', 1 for 'sum' and 'none'."""
+    if not lse_square_scale:
+        return None
+    class_dim = 0 if input.dim() == 1 else 1
+    if _is_probability_target(input, target):
+        kept = torch.ones(input.shape[:class_dim] + input.shape[class_dim + 1:], dtype=torch.bool, device=input.device)
+    else:
+        kept = target.long() != ignore_index
+    scale = torch.tensor(2 * lse_square_scale, dtype=input.dtype, device=input.device)
+    if reduction == "mean":
+        scale = scale / kept.sum().to(input.dtype)
+    return torch.where(kept, scale, torch.zeros_like(scale))
 
 
 def _softmax_cross_entropy_coefficients(input, target, weight, ignore_index, label_smoothing):
@@ -149,19 +207,23 @@ def _softmax_cross_entropy_coefficients(input, target, weight, ignore_index, lab
 class SoftmaxCrossEntropyBackwardFunction(torch.autograd.Function):
     """(grad_input, grad_target) = softmax_cross_entropy_backward(grad_loss, x, p, ...), differentiable in
     grad_loss, x and (probability targets) p. max_logit and log_sum are taken as the functions of x they
-    are (their sum lse has d lse / d x = y).
+    are (their sum lse has d lse / d u = y).
 
-    With y = softmax(x) (lse is a function of x: d lse / d x = y), g = grad_loss / normalizer per
-    position, GI = grad_grad_input, GT = grad_grad_target, <.,.> sums over the class dim:
-        grad_input  = g (y A - a)                  grad_target = g (1 - eps) w (lse - x)
-        d/d grad_loss = (<GI, y A - a> + <GT, (1 - eps) w (lse - x)>) / normalizer   (summed to its shape)
-        d/d x         = g A y (GI - <GI, y>)  +  g (1 - eps) (y <GT, w> - GT w)
-        d/d p         = g (1 - eps) w (<GI, y> - GI)           (probability targets: A, a depend on p)
-    Forward-mode, with tangents g' = grad_loss' / normalizer, x', p' (a' = (1 - eps) w p', A' its sum):
-        y'            = y (x' - <y, x'>)
-        grad_input'   = g' (y A - a) + g (y' A + y A' - a')
-        grad_target'  = g' (1 - eps) w (lse - x) + g (1 - eps) w (<y, x'> - x')
-    Built from differentiable torch ops, so higher derivatives exist as well.
+    With u = s tanh(x / s) (u = x without a softcap), d = du/dx = 1 - (u / s)^2, d' = d2u/dx2 = -2 u d / s^2,
+    y = softmax(u), g = grad_loss / normalizer and gz = grad_loss c per position (c the z-loss's coefficient,
+    _z_loss_coefficient; gz = 0 without a z-loss), B = g A + gz lse, h = y B - g a, GI = grad_grad_input,
+    GT = grad_grad_target, W = GI d, <.,.> sums over the class dim:
+        grad_input  = h d                          grad_target = g (1 - eps) w (lse - u)
+        d/d grad_loss = (<W, y A - a> + <GT, (1 - eps) w (lse - u)>) / normalizer + c lse <W, y>  (summed to its shape)
+        d/d x         = d (B y (W - <W, y>) + gz y <W, y>) + GI h d'  +  d g (1 - eps) (y <GT, w> - GT w)
+        d/d p         = g (1 - eps) w (<W, y> - W)           (probability targets: A, a depend on p)
+    Forward-mode, with tangents g' = grad_loss' / normalizer, gz' = grad_loss' c, x', p', u' = d x',
+    lse' = <y, u'>, y' = y (u' - lse'), a' = (1 - eps) w p' and A' its sum:
+        h'            = y' B + y (g' A + g A' + gz' lse + gz lse') - g' a - g a'
+        grad_input'   = h' d + h d' x'
+        grad_target'  = (1 - eps) w (g' (lse - u) + g (lse' - u'))
+    Without a softcap and a z-loss these are the derivatives of g (y A - a). Built from differentiable torch
+    ops, so higher derivatives exist as well.
     """
 
     generate_vmap_rule = True
@@ -177,83 +239,108 @@ class SoftmaxCrossEntropyBackwardFunction(torch.autograd.Function):
         grad_loss, input, target, weight, max_logit, log_sum, normalizer, non_tensor_args = inputs
         ctx.save_for_backward(grad_loss, input, target, weight, normalizer)
         ctx.save_for_forward(grad_loss, input, target, weight, normalizer)
-        ctx.reduction, ctx.ignore_index, ctx.label_smoothing, ctx.output_mask = non_tensor_args.values
+        ctx.reduction, ctx.ignore_index, ctx.label_smoothing, ctx.output_mask, *options = non_tensor_args.values
+        ctx.lse_square_scale, ctx.softcap = _loss_options(*options)
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def _per_position_grad(ctx, grad_loss, normalizer, class_dim):
-        """grad_loss / normalizer, broadcastable against the input."""
-        g = grad_loss / normalizer
-        return g.unsqueeze(class_dim) if ctx.reduction == "none" else g
+    def _per_position(ctx, value, class_dim):
+        """A per-position value ('none': grad_loss's shape) broadcastable against the input."""
+        return value.unsqueeze(class_dim) if ctx.reduction == "none" else value
 
     @staticmethod
     def _recompute(ctx):
-        """What backward and jvp both start from, rebuilt from the saved tensors: (input, normalizer,
-        class_dim, eps, probability, a, A, class weights, log y, y, g)."""
+        """What backward and jvp both start from, rebuilt from the saved tensors (the letters of the class
+        docstring; gz and c None without a z-loss, d and d' None without a softcap)."""
         grad_loss, input, target, weight, normalizer = ctx.saved_tensors
         class_dim = 0 if input.dim() == 1 else 1
         eps = ctx.label_smoothing
         a, A, class_weight = _softmax_cross_entropy_coefficients(input, target, weight, ctx.ignore_index, eps)
-        log_y = torch.log_softmax(input, class_dim)
-        g = SoftmaxCrossEntropyBackwardFunction._per_position_grad(ctx, grad_loss, normalizer, class_dim)
-        probability = _is_probability_target(input, target)
-        return input, normalizer, class_dim, eps, probability, a, A, class_weight, log_y, log_y.exp(), g
+        logits, softcap_grad, softcap_grad2 = _softcapped_logits(input, ctx.softcap)
+        log_y = torch.log_softmax(logits, class_dim)
+        y = log_y.exp()
+        g = SoftmaxCrossEntropyBackwardFunction._per_position(ctx, grad_loss / normalizer, class_dim)
+        lse = torch.logsumexp(logits, class_dim, keepdim=True)
+        z_coefficient = _z_loss_coefficient(input, target, ctx.ignore_index, ctx.reduction, ctx.lse_square_scale)
+        gz = None
+        B = g * A
+        if z_coefficient is not None:
+            z_coefficient = z_coefficient.unsqueeze(class_dim)
+            gz = SoftmaxCrossEntropyBackwardFunction._per_position(ctx, grad_loss, class_dim) * z_coefficient
+            B = B + gz * lse
+        return SimpleNamespace(
+            input=input, normalizer=normalizer, class_dim=class_dim, eps=eps, a=a, A=A, class_weight=class_weight,
+            probability=_is_probability_target(input, target), d=softcap_grad, d2=softcap_grad2, y=y,
+            lse_minus_logits=-log_y, lse=lse, g=g, gz=gz, z_coefficient=z_coefficient, B=B, h=y * B - g * a,
+        )
 
     @staticmethod
     def backward(ctx, grad_grad_input, grad_grad_target):
-        input, normalizer, class_dim, eps, probability, a, A, class_weight, log_y, y, g = (
-            SoftmaxCrossEntropyBackwardFunction._recompute(ctx)
-        )
-        per_position = torch.zeros_like(input)
-        grad_x = torch.zeros_like(input)
+        r = SoftmaxCrossEntropyBackwardFunction._recompute(ctx)
+        class_dim, keep = r.class_dim, 1 - r.eps
+        per_position = torch.zeros_like(r.input)  # summed over the classes, then divided by the normalizer
+        z_per_position = None
+        grad_u = torch.zeros_like(r.input)  # d/du of everything but the d' term, times d below
+        grad_x = torch.zeros_like(r.input)
         grad_p = None
         if ctx.output_mask[0] and grad_grad_input is not None:
-            gi_dot_y = (grad_grad_input * y).sum(class_dim, keepdim=True)
-            per_position = per_position + grad_grad_input * (y * A - a)
-            grad_x = grad_x + g * A * y * (grad_grad_input - gi_dot_y)
-            if probability:
-                grad_p = g * (1 - eps) * class_weight * (gi_dot_y - grad_grad_input)
-        if probability and ctx.output_mask[1] and grad_grad_target is not None:
-            gt_w = grad_grad_target * class_weight
-            per_position = per_position + gt_w * (1 - eps) * (-log_y)
-            grad_x = grad_x + g * (1 - eps) * (y * gt_w.sum(class_dim, keepdim=True) - gt_w)
-        per_position = per_position.sum(class_dim) / normalizer
+            w_ = grad_grad_input if r.d is None else grad_grad_input * r.d
+            w_dot_y = (w_ * r.y).sum(class_dim, keepdim=True)
+            per_position = per_position + w_ * (r.y * r.A - r.a)
+            grad_u = grad_u + r.B * r.y * (w_ - w_dot_y)
+            if r.gz is not None:
+                grad_u = grad_u + r.gz * r.y * w_dot_y
+                z_per_position = (r.z_coefficient * r.lse * w_dot_y).squeeze(class_dim)
+            if r.d2 is not None:
+                grad_x = grad_x + grad_grad_input * r.h * r.d2
+            if r.probability:
+                grad_p = r.g * keep * r.class_weight * (w_dot_y - w_)
+        if r.probability and ctx.output_mask[1] and grad_grad_target is not None:
+            gt_w = grad_grad_target * r.class_weight
+            per_position = per_position + gt_w * keep * r.lse_minus_logits
+            grad_u = grad_u + r.g * keep * (r.y * gt_w.sum(class_dim, keepdim=True) - gt_w)
+        grad_x = grad_x + (grad_u if r.d is None else grad_u * r.d)
+        per_position = per_position.sum(class_dim) / r.normalizer
+        if z_per_position is not None:
+            per_position = per_position + z_per_position
         grad_grad_loss = per_position if ctx.reduction == "none" else per_position.sum()
         return grad_grad_loss, grad_x, grad_p, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, grad_loss_tangent, input_tangent, target_tangent, *_):
-        input, normalizer, class_dim, eps, probability, a, A, class_weight, log_y, y, g = (
-            SoftmaxCrossEntropyBackwardFunction._recompute(ctx)
-        )
-        input_part = torch.zeros_like(input)  # the tangent of (y A - a)
-        target_part = torch.zeros_like(input)  # the tangent of (lse - x)
+        r = SoftmaxCrossEntropyBackwardFunction._recompute(ctx)
+        class_dim, keep = r.class_dim, 1 - r.eps
+        h_tangent = torch.zeros_like(r.input)
+        target_part = torch.zeros_like(r.input)  # g (lse' - u') + g' (lse - u)
         if input_tangent is not None:
-            y_dot_tangent = (y * input_tangent).sum(class_dim, keepdim=True)
-            input_part = input_part + y * (input_tangent - y_dot_tangent) * A
-            target_part = target_part + y_dot_tangent - input_tangent
-        if probability and target_tangent is not None:
-            a_tangent = (1 - eps) * class_weight * target_tangent
-            input_part = input_part + y * a_tangent.sum(class_dim, keepdim=True) - a_tangent
-        g_tangent = None
+            logit_tangent = input_tangent if r.d is None else r.d * input_tangent
+            lse_tangent = (r.y * logit_tangent).sum(class_dim, keepdim=True)
+            h_tangent = h_tangent + r.y * (logit_tangent - lse_tangent) * r.B
+            if r.gz is not None:
+                h_tangent = h_tangent + r.y * r.gz * lse_tangent
+            target_part = target_part + r.g * (lse_tangent - logit_tangent)
+        if r.probability and target_tangent is not None:
+            a_tangent = keep * r.class_weight * target_tangent
+            h_tangent = h_tangent + r.g * (r.y * a_tangent.sum(class_dim, keepdim=True) - a_tangent)
         if grad_loss_tangent is not None:
-            g_tangent = SoftmaxCrossEntropyBackwardFunction._per_position_grad(
-                ctx, grad_loss_tangent, normalizer, class_dim
+            g_tangent = SoftmaxCrossEntropyBackwardFunction._per_position(
+                ctx, grad_loss_tangent / r.normalizer, class_dim
             )
-        grad_input_tangent = grad_target_tangent = None
+            h_tangent = h_tangent + g_tangent * (r.y * r.A - r.a)
+            if r.gz is not None:
+                gz_tangent = SoftmaxCrossEntropyBackwardFunction._per_position(ctx, grad_loss_tangent, class_dim)
+                h_tangent = h_tangent + r.y * gz_tangent * r.z_coefficient * r.lse
+            target_part = target_part + g_tangent * r.lse_minus_logits
+        nothing = r.input.new_empty((0,))
+        grad_input_tangent = nothing
         if ctx.output_mask[0]:
-            grad_input_tangent = g * input_part
-            if g_tangent is not None:
-                grad_input_tangent = grad_input_tangent + g_tangent * (y * A - a)
-        if probability and ctx.output_mask[1]:
-            grad_target_tangent = g * (1 - eps) * class_weight * target_part
-            if g_tangent is not None:
-                grad_target_tangent = grad_target_tangent + g_tangent * (1 - eps) * class_weight * (-log_y)
-        nothing = input.new_empty((0,))
-        return (
-            nothing if grad_input_tangent is None else grad_input_tangent,
-            nothing if grad_target_tangent is None else grad_target_tangent,
-        )
+            grad_input_tangent = h_tangent if r.d is None else h_tangent * r.d
+            if r.d2 is not None and input_tangent is not None:
+                grad_input_tangent = grad_input_tangent + r.h * r.d2 * input_tangent
+        grad_target_tangent = nothing
+        if r.probability and ctx.output_mask[1]:
+            grad_target_tangent = keep * r.class_weight * target_part
+        return grad_input_tangent, grad_target_tangent
 
 
 # ---- autograd of the ops: the Functions' backward ----------------------------------------------------
@@ -271,7 +358,9 @@ register_backward_op_autograd(
 # ---- fake kernels (torch.compile, export): shapes and dtypes, checked as csrc/*_args.cpp ---------------
 
 
-def _softmax_cross_entropy_shapes(op, input, target, weight, reduction, ignore_index, label_smoothing):
+def _softmax_cross_entropy_shapes(
+    op, input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap
+):
     """The checks of csrc/softmax_cross_entropy_args.cpp (same messages); returns (position shape,
     loss shape, dtype of max_logit / log_sum / normalizer)."""
     torch._check_value(
@@ -319,6 +408,14 @@ def _softmax_cross_entropy_shapes(op, input, target, weight, reduction, ignore_i
         0.0 <= label_smoothing <= 1.0,
         lambda: f"{op}: label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}",
     )
+    torch._check(
+        math.isfinite(lse_square_scale) and lse_square_scale >= 0.0,
+        lambda: f"{op}: expected lse_square_scale to be a finite number >= 0, but got lse_square_scale={lse_square_scale}",
+    )
+    torch._check(
+        softcap is None or (math.isfinite(softcap) and softcap > 0.0),
+        lambda: f"{op}: expected softcap to be None or a finite number > 0, but got softcap={softcap}",
+    )
     if weight is not None:
         torch._check(
             weight.dtype == input.dtype,
@@ -334,9 +431,12 @@ def _softmax_cross_entropy_shapes(op, input, target, weight, reduction, ignore_i
 
 
 @torch.library.register_fake("torch_manualbp::softmax_cross_entropy_forward")
-def _softmax_cross_entropy_forward_fake(input, target, weight, reduction, ignore_index, label_smoothing):
+def _softmax_cross_entropy_forward_fake(
+    input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale=0.0, softcap=None
+):
     positions, loss_shape, stats_dtype = _softmax_cross_entropy_shapes(
-        "softmax_cross_entropy", input, target, weight, reduction, ignore_index, label_smoothing
+        "softmax_cross_entropy", input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale,
+        softcap,
     )
     return (
         input.new_empty(loss_shape),
@@ -349,11 +449,11 @@ def _softmax_cross_entropy_forward_fake(input, target, weight, reduction, ignore
 @torch.library.register_fake("torch_manualbp::softmax_cross_entropy_backward")
 def _softmax_cross_entropy_backward_fake(
     grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing,
-    output_mask,
+    output_mask, lse_square_scale=0.0, softcap=None,
 ):
     op = "softmax_cross_entropy_backward"
     positions, loss_shape, stats_dtype = _softmax_cross_entropy_shapes(
-        op, input, target, weight, reduction, ignore_index, label_smoothing
+        op, input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap
     )
     torch._check(
         list(grad_loss.shape) == loss_shape,
@@ -398,16 +498,19 @@ def _position_folding(batch_size, input, input_bdim):
 
 
 @register_vmap("torch_manualbp::softmax_cross_entropy_forward")
-def _softmax_cross_entropy_forward_vmap(info, in_dims, input, target, weight, reduction, ignore_index, label_smoothing):
+def _softmax_cross_entropy_forward_vmap(
+    info, in_dims, input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale=0.0, softcap=None
+):
     """reduction='none' folds the samples into the positions (the normalizer is 1 for all); 'mean' and
-    'sum' reduce over each sample, with each sample's normalizer, and run per sample."""
+    'sum' reduce over each sample, with each sample's normalizers, and run per sample."""
     input_bdim, target_bdim, weight_bdim = in_dims[:3]
-    args = (input, target, weight, reduction, ignore_index, label_smoothing)
+    args = (input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap)
     if reduction != "none" or weight_bdim is not None:
         return per_sample(_ops.softmax_cross_entropy_forward.default, info, in_dims, args)
     fold, unfold = _position_folding(info.batch_size, input, input_bdim)
     loss, max_logit, log_sum, normalizer = _ops.softmax_cross_entropy_forward.default(
-        fold(input, input_bdim), fold(target, target_bdim), weight, reduction, ignore_index, label_smoothing
+        fold(input, input_bdim), fold(target, target_bdim), weight, reduction, ignore_index, label_smoothing,
+        lse_square_scale, softcap,
     )
     return (unfold(loss), unfold(max_logit), unfold(log_sum), normalizer), (0, 0, 0, None)
 
@@ -415,12 +518,12 @@ def _softmax_cross_entropy_forward_vmap(info, in_dims, input, target, weight, re
 @register_vmap("torch_manualbp::softmax_cross_entropy_backward")
 def _softmax_cross_entropy_backward_vmap(
     info, in_dims, grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index,
-    label_smoothing, output_mask,
+    label_smoothing, output_mask, lse_square_scale=0.0, softcap=None,
 ):
     grad_loss_bdim, input_bdim, target_bdim, weight_bdim, max_logit_bdim, log_sum_bdim, normalizer_bdim = in_dims[:7]
     args = (
         grad_loss, input, target, weight, max_logit, log_sum, normalizer, reduction, ignore_index, label_smoothing,
-        output_mask,
+        output_mask, lse_square_scale, softcap,
     )
     if reduction != "none" or weight_bdim is not None or normalizer_bdim is not None:
         return per_sample(_ops.softmax_cross_entropy_backward.default, info, in_dims, args)
@@ -429,6 +532,7 @@ def _softmax_cross_entropy_backward_vmap(
     grad_input, grad_target = _ops.softmax_cross_entropy_backward.default(
         fold(grad_loss, grad_loss_bdim), input, target, weight, fold(max_logit, max_logit_bdim),
         fold(log_sum, log_sum_bdim), normalizer, reduction, ignore_index, label_smoothing, output_mask,
+        lse_square_scale, softcap,
     )
     want_input = output_mask[0]
     want_target = output_mask[1] and target.shape == input.shape
