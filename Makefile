@@ -42,7 +42,8 @@ test: $(VENV)/.built
 # (CPython leaks by design at exit). Left out of this run, as impossible under ASan:
 #   -m "not slow"      tensors past 2**31 elements: ASan's shadow memory and -O0 make them far too slow
 #   test_leaks.py      resident memory grows under ASan without a leak (freed memory sits in quarantine)
-# The property tests run a second time on the portable (DEFAULT) kernels, ATEN_CPU_CAPABILITY=default.
+# The property tests and the class-index checks run a second time on the portable (DEFAULT) kernels,
+# ATEN_CPU_CAPABILITY=default.
 SANITIZE_DIR := build/sanitize
 SANITIZE_PYTEST_ARGS ?= -m "not slow" --ignore=test_leaks.py
 SANITIZE_ENV = LD_PRELOAD="$$(c++ -print-file-name=libasan.so) $$(c++ -print-file-name=libubsan.so)" \
@@ -54,7 +55,7 @@ sanitize: $(VENV)/.deps
 	TORCH_MANUALBP_SANITIZE=1 $(PY) setup.py -q build --build-base $(SANITIZE_DIR) --build-lib $(SANITIZE_DIR)/lib
 	cd tests && $(SANITIZE_ENV) ../$(PY) -c "from torch_manualbp._build_config import BUILD_CONFIG as c; assert c['sanitize'], c"
 	cd tests && $(SANITIZE_ENV) ../$(PY) -m pytest -q --capture=sys $(SANITIZE_PYTEST_ARGS)
-	cd tests && $(SANITIZE_ENV) ATEN_CPU_CAPABILITY=default ../$(PY) -m pytest -q --capture=sys test_properties.py
+	cd tests && $(SANITIZE_ENV) ATEN_CPU_CAPABILITY=default ../$(PY) -m pytest -q --capture=sys test_properties.py test_class_index_checks.py
 
 demo: $(VENV)/.built
 	cd examples && ../$(PY) -m torch_manualbp demo
