@@ -17,7 +17,7 @@ CUDA_PY := $(CUDA_VENV)/bin/python
 
 SOURCES := setup.py pyproject.toml cuda_build_choice.py $(shell find csrc torch_manualbp -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.py' | grep -v _build_config.py)
 
-.PHONY: test sanitize demo install cuda-build cuda-resources test-torch wheel-check clean
+.PHONY: test test-simd sanitize demo install cuda-build cuda-resources test-torch wheel-check clean
 
 $(VENV)/.deps:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,22 @@ install: $(VENV)/.built
 test: $(VENV)/.built
 	cd tests && ../$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
+# `make test-simd`: the suites that run the CPU kernels, again at every other SIMD level that this build compiled
+# and this CPU can execute (tools/test_simd_levels.py: ATEN_CPU_CAPABILITY=default / avx2 / avx512, each run
+# named by its level; a level the CPU cannot execute is skipped with the reason printed). `make test` runs the
+# native level. The kernels differ per level (the exponential of csrc/cpu/fast_exp.h, vector widths, partial
+# vectors): without this an AVX-512 machine never runs the AVX2 code, nor any machine the scalar code.
+# Left out there: the slow tests (past 2**31 elements), LinearCrossEntropy's gradcheck/gradgradcheck (its
+# forward-mode and double backward are native composites; its kernels' float64 values and gradients are
+# checked over the same option grid by test_matches_composite_over_option_grid) and the test that itself
+# starts a process at the DEFAULT level.
+SIMD_TEST_FILES ?= test_linear_sigmoid.py test_softmax_cross_entropy.py test_softmax_cross_entropy_options.py \
+	test_linear_cross_entropy.py \
+	test_properties.py test_extreme.py test_blocking_edges.py test_class_index_checks.py
+SIMD_PYTEST_ARGS ?= -q -m "not slow" -k "not test_gradcheck_and_gradgradcheck and not test_forced_default_simd_level"
+test-simd: $(VENV)/.built
+	cd tests && ../$(PY) ../tools/test_simd_levels.py $(SIMD_PYTEST_ARGS) $(SIMD_TEST_FILES)
+
 # `make sanitize`: the extension built with -fsanitize=address,undefined (-O0, frame pointers; setup.py,
 # TORCH_MANUALBP_SANITIZE=1) into build/sanitize, apart from the normal build, then the tests run against
 # it with the sanitizer runtimes preloaded (python and torch are not instrumented). Every report aborts
@@ -42,7 +58,8 @@ test: $(VENV)/.built
 # (CPython leaks by design at exit). Left out of this run, as impossible under ASan:
 #   -m "not slow"      tensors past 2**31 elements: ASan's shadow memory and -O0 make them far too slow
 #   test_leaks.py      resident memory grows under ASan without a leak (freed memory sits in quarantine)
-# The property tests run a second time on the portable (DEFAULT) kernels, ATEN_CPU_CAPABILITY=default.
+# The property tests and the class-index checks run a second time on the portable (DEFAULT) kernels,
+# ATEN_CPU_CAPABILITY=default.
 SANITIZE_DIR := build/sanitize
 SANITIZE_PYTEST_ARGS ?= -m "not slow" --ignore=test_leaks.py
 SANITIZE_ENV = LD_PRELOAD="$$(c++ -print-file-name=libasan.so) $$(c++ -print-file-name=libubsan.so)" \
@@ -54,7 +71,7 @@ sanitize: $(VENV)/.deps
 	TORCH_MANUALBP_SANITIZE=1 $(PY) setup.py -q build --build-base $(SANITIZE_DIR) --build-lib $(SANITIZE_DIR)/lib
 	cd tests && $(SANITIZE_ENV) ../$(PY) -c "from torch_manualbp._build_config import BUILD_CONFIG as c; assert c['sanitize'], c"
 	cd tests && $(SANITIZE_ENV) ../$(PY) -m pytest -q --capture=sys $(SANITIZE_PYTEST_ARGS)
-	cd tests && $(SANITIZE_ENV) ATEN_CPU_CAPABILITY=default ../$(PY) -m pytest -q --capture=sys test_properties.py
+	cd tests && $(SANITIZE_ENV) ATEN_CPU_CAPABILITY=default ../$(PY) -m pytest -q --capture=sys test_properties.py test_class_index_checks.py
 
 demo: $(VENV)/.built
 	cd examples && ../$(PY) -m torch_manualbp demo

@@ -17,6 +17,17 @@ _build_key = hashlib.sha1(f"{_C.__file__}:{_build_stamp.st_size}:{_build_stamp.s
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torch_manualbp_inductor_{_build_key}"))
 
 
+def pytest_configure(config):
+    """Under `make test-simd` (tools/test_simd_levels.py) the run is for one forced SIMD level: refuse to run
+    at another (a level the build lacks falls back to a lower one, which would test the wrong kernels)."""
+    expected = os.environ.get("TORCH_MANUALBP_EXPECT_SIMD_LEVEL")
+    if expected and _C.cpu_simd_level() != expected:
+        raise pytest.UsageError(
+            f"expected the CPU kernels to run at SIMD level {expected} "
+            f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY')}), but they run at {_C.cpu_simd_level()}"
+        )
+
+
 def pytest_report_header(config):
     return (
         f"torch_manualbp {torch_manualbp.__version__} from {os.path.dirname(torch_manualbp.__file__)}; "

@@ -394,6 +394,11 @@ def test_a_shape_whose_logits_would_not_fit_in_memory_trains():
 )
 @example(tokens=33, features=3, classes=17, kind="index", reduction="mean", smoothing=0.3, weighted=True, bias=True,
          softcap=1.5, z_loss=0.2, budget=17 * 8 * 4, seed=0)
+# Classes past one and two blocks of 1024 (kTargetBlock), tokens in chunks of 4 and 3 (float64: 8 bytes).
+@example(tokens=9, features=3, classes=1025, kind="probability", reduction="none", smoothing=0.3, weighted=True,
+         bias=True, softcap=None, z_loss=0.2, budget=4 * 1025 * 8, seed=1)
+@example(tokens=10, features=4, classes=2049, kind="index", reduction="sum", smoothing=0.0, weighted=False,
+         bias=True, softcap=1.5, z_loss=0.0, budget=3 * 2049 * 8 + 7, seed=2)
 def test_random_shapes_options_and_chunks_match_composite(tokens, features, classes, kind, reduction, smoothing,
                                                             weighted, bias, softcap, z_loss, budget, seed):
     x, w, b, t, weight = make_case((tokens,), features, classes, kind, bias=bias, weighted=weighted, seed=seed)

@@ -8,9 +8,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
-from hypothesis_tensors import assert_close_to_bound, broadcast_shapes_to, leaf, sizes, tensors
+from hypothesis_tensors import assert_close_to_bound, broadcast_shapes_to, leaf, randn, sizes, tensors
 
 from torch_manualbp.functional import linear_sigmoid, softmax_cross_entropy
 
@@ -64,7 +64,18 @@ def _linear_sigmoid_bounds(x, weight, bias, grad_output):
     }
 
 
+def _linear_sigmoid_example(lead, in_features, out_features, dtype, bias):
+    """A fixed case at the kernels' block edges (tests/test_blocking_edges.py has more), every gradient wanted."""
+    bias_tensor = randn((out_features,), dtype, seed=3) if bias else None
+    return (randn((*lead, in_features), dtype, seed=1), randn((out_features, in_features), dtype, seed=2),
+            bias_tensor, randn((*lead, out_features), dtype, seed=4), (True, True, True))
+
+
 @given(linear_sigmoid_cases())
+# Past one 256-element bfloat16/float16 chunk, across several 32-row blocks of the bias gradient.
+@example(_linear_sigmoid_example((65,), 7, 257, torch.bfloat16, True))
+@example(_linear_sigmoid_example((2, 33), 5, 300, torch.float16, True))
+@example(_linear_sigmoid_example((97,), 3, 255, torch.bfloat16, False))
 def test_linear_sigmoid_matches_native(case):
     x, weight, bias, grad_output, needs_grad = case
     before = [t.clone() for t in (x, weight, grad_output) + ((bias,) if bias is not None else ())]
@@ -202,7 +213,27 @@ def _upcast(t):
     return t.float() if t is not None and t.dtype in (torch.bfloat16, torch.float16) else t
 
 
+def _cross_entropy_example(shape, dtype, target_kind, reduction, weighted, smoothing):
+    """A fixed case at the kernels' block edges (tests/test_blocking_edges.py has more)."""
+    x = randn(shape, dtype, seed=1, scale=3.0)
+    positions = shape[:1] + shape[2:]
+    generator = torch.Generator().manual_seed(2)
+    if target_kind == "probability":
+        target = torch.rand(shape, generator=generator, dtype=torch.float64).to(dtype)
+    else:
+        target = torch.randint(0, shape[1], positions, generator=generator).to(target_kind)
+    weight = _positive((shape[1],), generator).to(dtype) if weighted else None
+    options = dict(weight=weight, ignore_index=-100, reduction=reduction, label_smoothing=smoothing)
+    grad_output = randn(positions if reduction == "none" else (), dtype, seed=3)
+    return x, target, options, grad_output, target_kind == "probability"
+
+
 @given(cross_entropy_cases())
+# Rows past one block of 2048 classes; spatial positions past one chunk of spatial_lanes(C) (C = 21: 192).
+@example(_cross_entropy_example((3, 2049), torch.bfloat16, torch.int64, "mean", True, 0.1))
+@example(_cross_entropy_example((17, 4097), torch.float32, "probability", "none", False, 0.0))
+@example(_cross_entropy_example((2, 21, 193), torch.bfloat16, "probability", "none", True, 0.2))
+@example(_cross_entropy_example((2, 5, 257), torch.float32, torch.uint8, "sum", False, 0.1))
 def test_softmax_cross_entropy_matches_native(case):
     x, target, options, grad_output, target_grad = case
     inputs = [x, target] + ([options["weight"]] if options["weight"] is not None else [])
