@@ -90,6 +90,7 @@ $(CUDA_VENV)/.built: $(CUDA_VENV)/.deps $(SOURCES)
 
 cuda-build: $(CUDA_VENV)/.built
 	cd tests && ../$(CUDA_PY) -c "from torch_manualbp import _C; assert _C.built_with_cuda(), 'built without CUDA kernels'"
+	cd tests && ../$(CUDA_PY) -m torch_manualbp check
 	cd tests && ../$(CUDA_PY) -m pytest -q $(PYTEST_ARGS)
 
 # `make cuda-resources`: the registers, stack and shared memory of every CUDA kernel, read with cuobjdump from
@@ -98,6 +99,16 @@ cuda-build: $(CUDA_VENV)/.built
 # kernel's __launch_bounds__. Fails when a kernel has none or its registers would not fit the block.
 cuda-resources: $(CUDA_VENV)/.built
 	$(CUDA_PY) tools/cuda_resources.py --jobs $(CUDA_MAX_JOBS)
+
+# What CI runs against the two ends of the supported torch range (`make test` runs everything against the pinned
+# release): each layer's values, gradients (gradcheck, gradgradcheck), options and errors, the modules, double
+# backward, torch.compile and export, the build and install checks, the CUDA tests' CPU half and opcheck.
+# Left to `make test`: the cross-cutting suites whose torch-facing surface these already cover (properties,
+# threads, leaks, blocking edges, command line, distributed) and the large-memory tests.
+RANGE_PYTEST_ARGS := -m "not slow" test_linear_sigmoid.py test_linear_sigmoid_module.py test_softmax_cross_entropy.py \
+	test_softmax_cross_entropy_options.py test_linear_cross_entropy.py test_linear_cross_entropy_module.py \
+	test_double_backward.py test_compile.py test_export.py test_transforms.py test_autocast.py test_opcheck.py \
+	test_cuda.py test_build_config.py test_install.py
 
 # `make test-torch TORCH_VERSION=2.4.1 VENV=.venv-torch-2.4.1`: the same build and suite against another torch
 # release, in its own environment (the oldest supported one in CI: README, Install). The registry's torch
