@@ -89,6 +89,18 @@ def test_bench(tmp_path):
     assert "bench" in result.stdout
 
 
+def test_bench_shape_picks_cases(tmp_path):
+    """--shape keeps the cases of that label only; an unknown label is refused with the list of cases."""
+    quick = ["bench", "--quick", "--layer", "softmax_cross_entropy", "--no-compile", "--no-memory", "--no-simd-check"]
+    result = run_cli(*quick, "--min-run-time", "0.05", "--shape", "8192x1000", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "softmax_cross_entropy 8192x1000" in result.stdout
+    assert "8x21x32x32" not in result.stdout
+    result = run_cli(*quick, "--shape", "3x3", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "--shape 3x3 is not a case" in result.stderr and "8192x1000" in result.stderr
+
+
 def test_bench_writes_files_only_under_out(tmp_path):
     """Without --out, `bench` prints its report and creates nothing in the working directory; with
     --out DIR it writes the report there as .md and .json."""

@@ -117,6 +117,10 @@ def add_arguments(parser):
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (one process each)")
     parser.add_argument("--no-simd-check", action="store_true", help="skip the ATEN_CPU_CAPABILITY=default check")
     parser.add_argument("--quick", action="store_true", help="small shapes, short timings (a smoke test)")
+    parser.add_argument(
+        "--shape", action="append", metavar="LABEL",
+        help="repeatable; only the cases of this label, as the report prints it (e.g. 2048x512->32768, 8192x1000)",
+    )
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table per case")
     parser.add_argument(
         "--out", metavar="DIR", default=None,
@@ -147,6 +151,15 @@ def _run_here(args):
         args.min_run_time = min(args.min_run_time, 0.2)
         args.repeats = 1
     dtypes = [DTYPES[name] for name in (args.dtype or ["float32"])]
+    if args.shape:
+        known = {
+            case.label
+            for name, layer in cases_lib.LAYERS.items()
+            for case in layer(torch.float32) + layer(torch.float32, cases_lib.QUICK_SHAPES[name])
+        }
+        unknown = sorted(set(args.shape) - known)
+        if unknown:
+            raise SystemExit(f"bench: --shape {', '.join(unknown)} is not a case; the cases are {', '.join(sorted(known))}")
     layers = sorted(cases_lib.LAYERS) if args.layer == "all" else [args.layer]
     layers.sort(key=lambda layer: layer != "linear_sigmoid")
     torch.set_num_threads(args.threads)
@@ -159,6 +172,8 @@ def _run_here(args):
         for dtype in dtypes:
             shapes = cases_lib.QUICK_SHAPES[layer] if args.quick else None
             for case in cases_lib.LAYERS[layer](dtype, shapes) if shapes else cases_lib.LAYERS[layer](dtype):
+                if args.shape and case.label not in args.shape:
+                    continue
                 results.append(_measure_case(case, args))
                 _print_case(results[-1])
     simd = None if args.no_simd_check else _simd_check(args)
