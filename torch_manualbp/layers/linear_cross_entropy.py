@@ -381,14 +381,7 @@ def _shapes(op, input, linear_weight, linear_bias, target, weight, reduction, ig
     classes = linear_weight.shape[0]
     tokens = list(input.shape[:-1])
     if linear_bias is not None:
-        torch._check(
-            linear_bias.dtype == input.dtype,
-            lambda: f"{op}: expected linear_bias to have the same dtype as input ({input.dtype}), but got linear_bias of dtype {linear_bias.dtype}",
-        )
-        torch._check(
-            linear_bias.dim() == 1 and linear_bias.shape[0] == classes,
-            lambda: f"{op}: expected linear_bias of shape (num_classes,) = ({classes},), but got linear_bias of shape {list(linear_bias.shape)}",
-        )
+        _check_class_vector(op, "linear_bias", linear_bias, input, classes, "")
     if is_probability_target(input, linear_weight, target):
         torch._check(
             target.dtype == input.dtype,
@@ -408,15 +401,20 @@ def _shapes(op, input, linear_weight, linear_bias, target, weight, reduction, ig
             lambda: f"{op}: expected target of shape {tokens} (class indices: the input's shape without in_features) or {tokens + [classes]} (class probabilities), but got target of shape {list(target.shape)} for input of shape {list(input.shape)}",
         )
     if weight is not None:
-        torch._check(
-            weight.dtype == input.dtype,
-            lambda: f"{op}: expected weight to have the same dtype as input ({input.dtype}), but got weight of dtype {weight.dtype}",
-        )
-        torch._check(
-            weight.dim() == 1 and weight.shape[0] == classes,
-            lambda: f"{op}: expected weight of shape (num_classes,) = ({classes},), one weight per class, but got weight of shape {list(weight.shape)}",
-        )
+        _check_class_vector(op, "weight", weight, input, classes, ", one weight per class")
     return tokens, (tokens if reduction == "none" else [])
+
+
+def _check_class_vector(op, name, vector, input, classes, meaning):
+    """A tensor of one number per class (linear_bias, weight): the input's dtype, shape (num_classes,)."""
+    torch._check(
+        vector.dtype == input.dtype,
+        lambda: f"{op}: expected {name} to have the same dtype as input ({input.dtype}), but got {name} of dtype {vector.dtype}",
+    )
+    torch._check(
+        vector.dim() == 1 and vector.shape[0] == classes,
+        lambda: f"{op}: expected {name} of shape (num_classes,) = ({classes},){meaning}, but got {name} of shape {list(vector.shape)}",
+    )
 
 
 def _accumulation_dtype(dtype):
