@@ -45,6 +45,7 @@
 
 #include "cpu/linear_cross_entropy_kernel.h"
 #include "huge_pages.h"
+#include "linear_cross_entropy_chunks.h"
 #include "linear_cross_entropy_driver.h"
 #include "unrequested_output.h"
 
@@ -57,15 +58,6 @@ constexpr const char* kBackward = "linear_cross_entropy_backward";
 // Reduced precision: bytes of one block of a chunk's weight-gradient share (rounded by the GEMM, then added to
 // the float32 accumulator while it is still in cache).
 constexpr int64_t kWeightShareBytes = int64_t(4) << 20;
-
-// The tokens that take part, their class indices and the loss normalizers N_ce, N_z.
-struct TokenSelection {
-  at::Tensor rows;     // int64 (M,) of the tokens taking part, in order; undefined: all N in place
-  at::Tensor classes;  // int64 (M,) their class indices (index targets), else undefined
-  int64_t count;       // M
-  at::Tensor ce_normalizer;  // acc, 0-dim
-  at::Tensor z_normalizer;   // acc, 0-dim
-};
 
 // CPU: one pass over the targets; ignored tokens leave the selection, an index outside [0, C) is an IndexError
 // (before any GEMM).
@@ -138,27 +130,13 @@ int64_t chunk_rows(const LinearCrossEntropyOptions& options, int64_t classes, in
   return std::max<int64_t>(1, std::min<int64_t>(count, options.chunk_budget / row_bytes));
 }
 
-// What a driver call computes besides the losses.
-struct Wanted {
-  bool input = false, weight = false, bias = false, target = false;
-  bool any() const { return input || weight || bias || target; }
-};
+}  // namespace
 
-struct ChunkResults {
-  at::Tensor cross_entropy, z_loss;  // acc (M,), or undefined
-  at::Tensor grad_input;             // input's dtype (N, D), or undefined
-  at::Tensor grad_weight;            // acc (C, D), or undefined
-  at::Tensor grad_bias;              // acc (C,), or undefined
-  at::Tensor grad_target;            // input's dtype (N, C), or undefined
-};
-
-// The chunk loop shared by the forward and backward ops. ce_scale / z_scale: k_ce and k_z, one value or one
-// per selected token (per_row).
 ChunkResults run_chunks(
     const LinearCrossEntropyShape& shape, const LinearCrossEntropyOptions& options, const at::Tensor& x,
     const at::Tensor& linear_weight, const at::Tensor& bias, const at::Tensor& probability,
     const at::Tensor& class_weight, const TokenSelection& selection, bool want_losses, const Wanted& wanted,
-    const at::Tensor& ce_scale, const at::Tensor& z_scale, bool per_row, RowKernel rows) {
+    const at::Tensor& ce_scale, const at::Tensor& z_scale, bool per_row, RowKernel rows, const ClassBlock& block) {
   const int64_t M = selection.count, C = shape.classes, D = shape.in_features;
   const auto options_in = x.options();
   const at::ScalarType acc_dtype = at::toOpMathType(x.scalar_type());
@@ -177,6 +155,7 @@ ChunkResults run_chunks(
   if (wanted.weight) out.grad_weight = empty_large({C, D}, acc);
   if (wanted.bias) out.grad_bias = at::zeros({C}, acc);
   if (wanted.target) out.grad_target = empty_large({shape.tokens, C}, options_in);
+  if (block.want_statistics) out.statistics = at::empty({M, cpu::kPartialStatistics}, acc);
   if (M == 0) {
     if (wanted.weight) out.grad_weight.zero_();
     return out;
@@ -196,6 +175,8 @@ ChunkResults run_chunks(
   chunk.class_weight = class_weight;
   chunk.options = &options;
   chunk.want_gradient = wanted.any();
+  chunk.class_offset = block.class_offset;
+  chunk.total_classes = block.total_classes;
   for (int64_t start = 0; start < M; start += n_max) {
     const int64_t n = std::min(n_max, M - start);
     at::Tensor x_chunk;
@@ -218,6 +199,9 @@ ChunkResults run_chunks(
     chunk.z_scale = per_row ? z_scale.narrow(0, start, n) : z_scale;
     chunk.per_row = per_row;
     chunk.grad_target = wanted.target ? out.grad_target.narrow(0, start, n) : at::Tensor();
+    chunk.statistics = block.want_statistics ? out.statistics.narrow(0, start, n) : at::Tensor();
+    chunk.given_statistics =
+        block.given_statistics.defined() ? block.given_statistics.narrow(0, start, n) : at::Tensor();
     rows(chunk);
 
     const at::Tensor& grad_logits = chunk.logits;
@@ -259,6 +243,8 @@ ChunkResults run_chunks(
   }
   return out;
 }
+
+namespace {
 
 struct Prepared {
   LinearCrossEntropyShape shape;
@@ -381,10 +367,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
       wanted.target ? r.grad_target.view(target.sizes()) : nothing()};
 }
 
-namespace {
-
 // The CPU row kernel, called on one chunk's tensors.
-void cpu_rows(const LogitsChunkTensors& chunk) {
+void linear_cross_entropy_cpu_rows(const LogitsChunkTensors& chunk) {
   const LinearCrossEntropyOptions& options = *chunk.options;
   cpu::LogitsChunk args;
   args.dtype = chunk.logits.scalar_type();
@@ -399,17 +383,24 @@ void cpu_rows(const LogitsChunkTensors& chunk) {
   args.label_smoothing = options.label_smoothing;
   args.lse_square_scale = options.lse_square_scale;
   args.softcap = options.softcap;
+  args.ignore_index = options.ignore_index;
+  args.class_offset = chunk.class_offset;
+  args.total_classes = chunk.total_classes;
   cpu::ChunkLosses losses;
   losses.cross_entropy = chunk.cross_entropy.defined() ? chunk.cross_entropy.data_ptr() : nullptr;
   losses.z_loss = chunk.z_loss.defined() ? chunk.z_loss.data_ptr() : nullptr;
+  losses.statistics = chunk.statistics.defined() ? chunk.statistics.data_ptr() : nullptr;
   cpu::ChunkGradient gradient;
   gradient.wanted = chunk.want_gradient;
-  gradient.ce_scale = chunk.ce_scale.const_data_ptr();
-  gradient.z_scale = chunk.z_scale.const_data_ptr();
+  gradient.ce_scale = chunk.ce_scale.defined() ? chunk.ce_scale.const_data_ptr() : nullptr;
+  gradient.z_scale = chunk.z_scale.defined() ? chunk.z_scale.const_data_ptr() : nullptr;
   gradient.per_row = chunk.per_row;
   gradient.grad_target = chunk.grad_target.defined() ? chunk.grad_target.data_ptr() : nullptr;
+  gradient.statistics = chunk.given_statistics.defined() ? chunk.given_statistics.const_data_ptr() : nullptr;
   cpu::linear_cross_entropy_kernels_for_this_cpu().rows(args, losses, gradient);
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     const at::Tensor& input, const at::Tensor& linear_weight, const std::optional<at::Tensor>& linear_bias,
@@ -418,7 +409,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     std::array<bool, 3> grad_mask, int64_t chunk_budget) {
   return linear_cross_entropy_forward_impl(
       input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale,
-      softcap, grad_mask, chunk_budget, &cpu_rows);
+      softcap, grad_mask, chunk_budget, &linear_cross_entropy_cpu_rows);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
@@ -428,7 +419,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     std::optional<double> softcap, std::array<bool, 4> output_mask, int64_t chunk_budget) {
   return linear_cross_entropy_backward_impl(
       grad_loss, input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
-      lse_square_scale, softcap, output_mask, chunk_budget, &cpu_rows);
+      lse_square_scale, softcap, output_mask, chunk_budget, &linear_cross_entropy_cpu_rows);
 }
 
 }  // namespace

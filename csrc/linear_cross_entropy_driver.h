@@ -31,6 +31,15 @@ struct LogitsChunkTensors {
   at::Tensor z_scale;             // acc, 1 element or (n,): k_z
   bool per_row;                   // ce_scale and z_scale hold one value per row
   at::Tensor grad_target;         // (n, classes) output (probability targets), or undefined
+
+  // Vocab-parallel (csrc/vocab_parallel.cpp; the row kernel's partial and given-statistics modes): the chunk
+  // holds the classes [class_offset, class_offset + classes) of total_classes (0: all of them), target indices
+  // are global. statistics: (n, 6) acc output of the partials (then nothing else is written); given_statistics:
+  // (n, 4) acc, the global M, log S, A, lse of each row, from which the gradient is formed (per_row scales).
+  int64_t class_offset = 0;
+  int64_t total_classes = 0;
+  at::Tensor statistics;
+  at::Tensor given_statistics;
 };
 
 using RowKernel = void (*)(const LogitsChunkTensors& chunk);

@@ -56,6 +56,31 @@ TORCH_LIBRARY(torch_manualbp, m) {
       "linear_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor linear_weight, Tensor? linear_bias, "
       "Tensor target, Tensor? weight, str reduction, SymInt ignore_index, float label_smoothing, "
       "float lse_square_scale, float? softcap, bool[4] output_mask, int chunk_budget) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // Vocab-parallel losses (csrc/vocab_parallel.cpp; torch_manualbp/layers/vocab_parallel.py combines the ranks):
+  // this rank's classes [class_offset, class_offset + C_r) of total_classes, target indices global. The
+  // statistics ops return (tokens, 6) partials per token over this rank's classes (max m_r, sum of exp(z' - m_r),
+  // sum of a_c (z'_c - m_r), sum of a_c or of the class weights, the target's z' and class weight where it is
+  // here, else 0); the gradient ops form the gradient of this rank's block from the global statistics
+  // (tokens, 4) = (max, log sum, sum of a_c, lse) and per-token scales of the cross-entropy and the z-loss.
+  // input (tokens, C_r) logits:
+  m.def(
+      "vocab_parallel_cross_entropy_statistics(Tensor input, Tensor target, Tensor? weight, SymInt ignore_index, "
+      "float label_smoothing, float? softcap, int class_offset, int total_classes) -> Tensor");
+  m.def(
+      "vocab_parallel_cross_entropy_gradient(Tensor input, Tensor target, Tensor? weight, Tensor statistics, "
+      "Tensor ce_scale, Tensor z_scale, SymInt ignore_index, float label_smoothing, float lse_square_scale, "
+      "float? softcap, int class_offset, int total_classes, bool[2] output_mask) -> (Tensor, Tensor)");
+  // input (*, in_features), linear_weight (C_r, in_features) this rank's rows; grad_input is this rank's share.
+  m.def(
+      "vocab_parallel_linear_cross_entropy_statistics(Tensor input, Tensor linear_weight, Tensor? linear_bias, "
+      "Tensor target, Tensor? weight, SymInt ignore_index, float label_smoothing, float? softcap, int class_offset, "
+      "int total_classes, int chunk_budget) -> Tensor");
+  m.def(
+      "vocab_parallel_linear_cross_entropy_gradient(Tensor input, Tensor linear_weight, Tensor? linear_bias, "
+      "Tensor target, Tensor? weight, Tensor statistics, Tensor ce_scale, Tensor z_scale, SymInt ignore_index, "
+      "float label_smoothing, float lse_square_scale, float? softcap, int class_offset, int total_classes, "
+      "bool[4] output_mask, int chunk_budget) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -9,6 +9,10 @@ OPS = [
     "linear_sigmoid_backward",
     "softmax_cross_entropy_forward",
     "softmax_cross_entropy_backward",
+    "vocab_parallel_cross_entropy_statistics",
+    "vocab_parallel_cross_entropy_gradient",
+    "vocab_parallel_linear_cross_entropy_statistics",
+    "vocab_parallel_linear_cross_entropy_gradient",
 ]
 
 

@@ -266,6 +266,19 @@ def test_language_model_example_trains_both_heads_alike(tmp_path):
     assert "final losses agree" in result.stdout
 
 
+def test_vocab_parallel_language_model_example_matches_one_process(tmp_path):
+    """examples/train_language_model_head_vocab_parallel.py under torchrun, 2 processes (gloo), a few steps: each
+    rank's head memory is printed, and the losses equal those of one process with the whole vocabulary."""
+    path = EXAMPLES / "train_language_model_head_vocab_parallel.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(path),
+               "--steps", "3"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"vocabulary [1-9]\d{4,}, split over 2 processes", result.stdout)
+    assert re.search(r"rank 0 .* MiB", result.stdout) and re.search(r"rank 1 .* MiB", result.stdout)
+    assert "losses agree within" in result.stdout
+
+
 def test_example_runs_as_a_script(tmp_path):
     path = EXAMPLES / "ex2_sigmoid_layer_no_bias.py"
     result = subprocess.run([sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -768,3 +768,134 @@ def test_linear_cross_entropy_out_of_range_target(device):
     assert result.returncode != 0, output[-2000:]
     assert "device-side assert" in output, output[-2000:]
     assert output.count(message) == 1, output[-4000:]
+
+
+# ---- the vocab-parallel ops (csrc/vocab_parallel.cpp) on each device, the ranks emulated in one process ----
+# The collectives of torch_manualbp/layers/vocab_parallel.py replaced by their in-process equivalents over the
+# blocks (max and sum of the same per-token columns); the multi-process runs are tests/test_vocab_parallel.py.
+VOCAB_BLOCKS = [5, 1, 9, 6]  # 21 classes, uneven
+VOCAB_OPTIONS = [
+    dict(kind="index", reduction="mean", label_smoothing=0.1, lse_square_scale=0.01, softcap=3.0, weighted=True),
+    dict(kind="index", reduction="none", label_smoothing=0.0, lse_square_scale=0.0, softcap=None, weighted=False),
+    dict(kind="probability", reduction="sum", label_smoothing=0.2, lse_square_scale=0.02, softcap=None, weighted=True),
+]
+
+
+def _vocab_parallel_in_one_process(layer, device, options, logits, x, W, b, target, weight, upstream):
+    """(loss, grads of each block's logits or (dX, [dW_r], [db_r]), [grad_target_r]) through the ops on `device`."""
+    from torch_manualbp.layers import vocab_parallel as VP
+
+    probability = options["kind"] == "probability"
+    call = VP.Call(layer, None, options["reduction"], -100, options["label_smoothing"], options["lse_square_scale"],
+                   options["softcap"], chunk_budget=3 * 9 * 8)
+    call.probability = probability
+    call.total_classes = sum(VOCAB_BLOCKS)
+    starts = [sum(VOCAB_BLOCKS[:r]) for r in range(len(VOCAB_BLOCKS))]
+    blocks = [slice(start, start + size) for start, size in zip(starts, VOCAB_BLOCKS)]
+
+    def block_target(s):
+        return target[:, s].contiguous() if probability else target
+
+    def block_weight(s):
+        return None if weight is None else weight[s].contiguous()
+
+    partials = []
+    for start, s in zip(starts, blocks):
+        if layer == "softmax_cross_entropy":
+            partials.append(ops.vocab_parallel_cross_entropy_statistics(
+                logits[:, s].contiguous(), block_target(s), block_weight(s), -100, options["label_smoothing"],
+                options["softcap"], start, call.total_classes))
+        else:
+            partials.append(ops.vocab_parallel_linear_cross_entropy_statistics(
+                x, W[s].contiguous(), None if b is None else b[s].contiguous(), block_target(s), block_weight(s), -100,
+                options["label_smoothing"], options["softcap"], start, call.total_classes, call.chunk_budget))
+    M = torch.stack([p[:, 0] for p in partials]).amax(0)
+    columns = sum(VP.shifted_columns(p, M) for p in partials)
+    ce, z_loss, given, kept, target_weight = VP.per_token(call, M, columns, target)
+    loss, ce_normalizer, z_normalizer = VP.reduce_loss(call, ce, z_loss, kept, target_weight, logits.dtype,
+                                                       (target.shape[0],))
+    k_ce, k_z = VP.gradient_scales(call, upstream, kept, ce_normalizer, z_normalizer, given.dtype)
+    grads, grad_targets = [], []
+    for start, s in zip(starts, blocks):
+        if layer == "softmax_cross_entropy":
+            g, gt = ops.vocab_parallel_cross_entropy_gradient(
+                logits[:, s].contiguous(), block_target(s), block_weight(s), given, k_ce, k_z, -100,
+                options["label_smoothing"], options["lse_square_scale"], options["softcap"], start, call.total_classes,
+                [True, probability])
+            grads.append(g)
+        else:
+            g = ops.vocab_parallel_linear_cross_entropy_gradient(
+                x, W[s].contiguous(), None if b is None else b[s].contiguous(), block_target(s), block_weight(s), given,
+                k_ce, k_z, -100, options["label_smoothing"], options["lse_square_scale"], options["softcap"], start,
+                call.total_classes, [True, True, b is not None, probability], call.chunk_budget)
+            grads.append(g[:3])
+            gt = g[3]
+        grad_targets.append(gt)
+    return loss, grads, grad_targets
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layer", ["softmax_cross_entropy", "linear_cross_entropy"])
+@pytest.mark.parametrize("options", VOCAB_OPTIONS, ids=lambda o: f"{o['kind']}-{o['reduction']}")
+def test_vocab_parallel_ops_match_native(device, layer, options):
+    """The blocks' statistics and gradients, combined as the collectives would, against native ops on the whole
+    logits: float64, every block of an uneven split, with and without softcap, z-loss, smoothing, weights."""
+    g = torch.Generator().manual_seed(5)
+    C, N, D = sum(VOCAB_BLOCKS), 9, 6
+    f64 = dict(dtype=torch.float64)
+    x = torch.randn(N, D, generator=g, **f64).to(device)
+    W = (torch.randn(C, D, generator=g, **f64) * 2).to(device)
+    b = torch.randn(C, generator=g, **f64).to(device) if layer == "linear_cross_entropy" else None
+    logits = (torch.randn(N, C, generator=g, **f64) * 3).to(device)
+    probability = options["kind"] == "probability"
+    if probability:
+        target = torch.rand(N, C, generator=g, **f64).to(device)
+    else:
+        target = torch.randint(0, C, (N,), generator=g)
+        target[2] = -100
+        target = target.to(device)
+    weight = (torch.rand(C, generator=g, **f64) + 0.3).to(device) if options["weighted"] else None
+    upstream = torch.randn(N, generator=g, **f64).to(device) if options["reduction"] == "none" else \
+        torch.tensor(1.3, **f64, device=device)
+
+    leaves = [t.clone().requires_grad_() for t in ((logits,) if layer == "softmax_cross_entropy" else (x, W, b)) if t is not None]
+    p = target.clone().requires_grad_() if probability else target
+    full_logits = leaves[0] if layer == "softmax_cross_entropy" else F.linear(*leaves)
+    expected = options_reference(full_logits, p, weight, -100, options["reduction"], options["label_smoothing"],
+                                 options["lse_square_scale"], options["softcap"])
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), leaves + ([p] if probability else []))
+
+    loss, grads, grad_targets = _vocab_parallel_in_one_process(layer, device, options, logits, x, W, b, target, weight,
+                                                               upstream)
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-12, atol=1e-14)
+    starts = [sum(VOCAB_BLOCKS[:r]) for r in range(len(VOCAB_BLOCKS))]
+    if layer == "softmax_cross_entropy":
+        for start, size, grad in zip(starts, VOCAB_BLOCKS, grads):
+            torch.testing.assert_close(grad, expected_grads[0][:, start:start + size], rtol=1e-10, atol=1e-13)
+    else:
+        torch.testing.assert_close(sum(g[0] for g in grads), expected_grads[0], rtol=1e-10, atol=1e-13)
+        for start, size, grad in zip(starts, VOCAB_BLOCKS, grads):
+            torch.testing.assert_close(grad[1], expected_grads[1][start:start + size], rtol=1e-10, atol=1e-13)
+            torch.testing.assert_close(grad[2], expected_grads[2][start:start + size], rtol=1e-10, atol=1e-13)
+    if probability:
+        for start, size, grad in zip(starts, VOCAB_BLOCKS, grad_targets):
+            torch.testing.assert_close(grad, expected_grads[-1][:, start:start + size], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vocab_parallel_ops_do_not_synchronize(device):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(8, 4, generator=g).to(device)
+    W = torch.randn(10, 4, generator=g).to(device)
+    target = torch.randint(0, 30, (8,), generator=g).to(device)
+    given = torch.randn(8, 4, generator=g).to(device)
+    scale = torch.rand(8, generator=g).to(device)
+    logits = torch.randn(8, 10, generator=g).to(device)
+    with no_host_sync(device):
+        s1 = ops.vocab_parallel_cross_entropy_statistics(logits, target, None, -100, 0.1, 5.0, 10, 30)
+        g1, _ = ops.vocab_parallel_cross_entropy_gradient(logits, target, None, given, scale, scale, -100, 0.1, 0.01,
+                                                          5.0, 10, 30, [True, False])
+        s2 = ops.vocab_parallel_linear_cross_entropy_statistics(x, W, None, target, None, -100, 0.1, None, 10, 30, 4 * 10 * 3)
+        g2 = ops.vocab_parallel_linear_cross_entropy_gradient(x, W, None, target, None, given, scale, scale, -100, 0.1,
+                                                              0.01, None, 10, 30, [True, True, False, False], 4 * 10 * 3)
+    assert s1.shape == s2.shape == (8, 6) and g1.shape == (8, 10) and g2[0].shape == (8, 4) and g2[1].shape == (10, 4)

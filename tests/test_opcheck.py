@@ -215,3 +215,47 @@ def test_linear_cross_entropy_forward_aot(case, variant, grad_mask, device):
 def test_linear_cross_entropy_backward_aot(case, variant, output_mask, device):
     args = linear_cross_entropy_backward_args(case, *variant, output_mask, device=device)
     torch.library.opcheck(ops.linear_cross_entropy_backward.default, args, test_utils=AOT_CHECK)
+
+
+# ---- the vocab-parallel ops: a rank's block of the classes (class_offset, total_classes) ----------------
+# Called inside the vocab-parallel autograd Functions, never differentiated themselves: no autograd
+# registration, so the inputs do not require grad. (block, target kind, options)
+def _vocab_parallel_args(kind, dtype, device, contiguous, linear):
+    g = torch.Generator().manual_seed(3)
+    N, C_r, D, offset, total = 5, 4, 3, 6, 13
+    logits = torch.randn(N, C_r + 2, generator=g).to(dtype)[:, 1:-1] if not contiguous else torch.randn(N, C_r, generator=g).to(dtype)
+    x = torch.randn(N, D, generator=g).to(dtype)
+    W = torch.randn(C_r, D, generator=g).to(dtype)
+    b = torch.randn(C_r, generator=g).to(dtype)
+    if kind == "probability":
+        target = torch.rand(N, C_r, generator=g).to(dtype)
+    else:
+        target = torch.tensor([0, 7, -100, 12, 9])
+    weight = torch.rand(C_r, generator=g).to(dtype) + 0.5
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    given = torch.randn(N, 4, generator=g).to(acc)
+    scale = torch.rand(N, generator=g).to(acc)
+    to = lambda t: t.to(device)  # noqa: E731
+    if linear:
+        return (
+            (to(x), to(W), to(b), to(target), to(weight), -100, 0.1, 4.0, offset, total, 4 * C_r * 2),
+            (to(x), to(W), to(b), to(target), to(weight), to(given), to(scale), to(scale), -100, 0.1, 0.01, 4.0, offset,
+             total, [True, True, True, kind == "probability"], 4 * C_r * 2),
+        )
+    return (
+        (to(logits), to(target), to(weight), -100, 0.1, 4.0, offset, total),
+        (to(logits), to(target), to(weight), to(given), to(scale), to(scale), -100, 0.1, 0.01, 4.0, offset, total,
+         [True, kind == "probability"]),
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["index", "probability"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("linear", [False, True], ids=["logits", "linear"])
+def test_vocab_parallel_ops(kind, dtype, linear, device):
+    statistics_args, gradient_args = _vocab_parallel_args(kind, dtype, device, dtype == torch.float32, linear)
+    prefix = "vocab_parallel_linear_cross_entropy" if linear else "vocab_parallel_cross_entropy"
+    for op, args in ((getattr(ops, f"{prefix}_statistics").default, statistics_args),
+                     (getattr(ops, f"{prefix}_gradient").default, gradient_args)):
+        torch.library.opcheck(op, args, test_utils=FAST_CHECKS + ((AOT_CHECK,) if dtype == torch.float64 else ()))

@@ -1,7 +1,7 @@
 """The functional API: argument normalisation, then the autograd.Function of each layer."""
 import torch
 
-from .layers import LinearCrossEntropyFunction, LinearSigmoidFunction, SoftmaxCrossEntropyFunction
+from .layers import LinearCrossEntropyFunction, LinearSigmoidFunction, SoftmaxCrossEntropyFunction, vocab_parallel
 from .layers.linear_cross_entropy import ahead_gradients, chunk_budget_or_default
 from .layers._common import (
     FLOAT32,
@@ -41,7 +41,7 @@ def linear_sigmoid(input, weight, bias=None):
 
 
 def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
-                          lse_square_scale=0.0, softcap=None):
+                          lse_square_scale=0.0, softcap=None, process_group=None):
     """``F.cross_entropy`` (softmax over dim 1 + cross-entropy), fused, with a hand-written backward.
 
     Same arguments, values and gradients as ``torch.nn.functional.cross_entropy``, plus two keyword-only
@@ -63,6 +63,11 @@ def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reducti
             position (every position for probability targets).
         softcap: ``None`` or s > 0: the logits become ``s * tanh(logits / s)`` before the softmax (the
             z-loss, too, is that of these logits).
+        process_group: ``None``, or a ``torch.distributed`` process group over which the classes are split
+            (vocab-parallel): ``input`` ``(C_r,)`` or ``(N, C_r)`` is this rank's contiguous block of the
+            classes (blocks in rank order, sizes may differ), ``weight`` and probability targets its block too,
+            class-index targets global; the loss is the unsharded one on every rank, the gradient this rank's
+            block (torch_manualbp/layers/vocab_parallel.py).
 
     Under ``torch.autocast`` it runs in float32, as ``F.cross_entropy`` (float64 is never cast).
     """
@@ -77,6 +82,11 @@ def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reducti
     check_float(fn, "softcap", softcap, optional=True)
     if torch._C._is_any_autocast_enabled():
         input, target, weight = cast_for_autocast(FLOAT32, input.device.type, input, target, weight)
+    if process_group is not None:
+        return vocab_parallel.softmax_cross_entropy(
+            input, target, weight, ignore_index, reduction, float(label_smoothing), float(lse_square_scale),
+            None if softcap is None else float(softcap), process_group,
+        )
     loss, *_ = apply_layer(
         SoftmaxCrossEntropyFunction,
         _ops.softmax_cross_entropy_forward.default,
@@ -87,7 +97,8 @@ def softmax_cross_entropy(input, target, weight=None, ignore_index=-100, reducti
 
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction="mean",
-                         ignore_index=-100, label_smoothing=0.0, lse_square_scale=0.0, softcap=None, chunk_budget=None):
+                         ignore_index=-100, label_smoothing=0.0, lse_square_scale=0.0, softcap=None, chunk_budget=None,
+                         process_group=None):
     """``F.cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)`` fused, with a hand-written
     backward: the ``(tokens, num_classes)`` logits are never materialised, a chunk of tokens at a time is.
 
@@ -110,6 +121,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         softcap: ``None`` or s > 0: the logits become ``s * tanh(logits / s)`` before the softmax.
         chunk_budget: bytes of logits held at once (``None``: 64 MiB); the tokens go through in chunks of
             ``chunk_budget // (num_classes * element size)``, at least one.
+        process_group: ``None``, or a ``torch.distributed`` process group over which the classes are split
+            (vocab-parallel): ``linear_weight`` ``(C_r, in_features)`` is this rank's contiguous block of the
+            classes' rows (blocks in rank order, sizes may differ), ``linear_bias``, ``weight`` and probability
+            targets its block too, class-index targets global; the loss is the unsharded one on every rank, the
+            gradients of ``linear_weight`` and ``linear_bias`` this rank's block, the input's gradient the full
+            one (torch_manualbp/layers/vocab_parallel.py).
 
     Float32/64, bfloat16/float16 (these accumulate in float32: the weight gradient across chunks too). Under
     ``torch.autocast`` the GEMMs run in the autocast dtype, as ``F.linear``, and the loss is float32, as
@@ -135,6 +152,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
             LOWER_PRECISION, input.device.type, input, linear_weight, linear_bias, target, weight
         )
         cast = input.dtype != dtype
+    if process_group is not None:
+        loss = vocab_parallel.linear_cross_entropy(
+            input, linear_weight, target, linear_bias, weight, reduction, ignore_index, float(label_smoothing),
+            float(lse_square_scale), None if softcap is None else float(softcap), chunk_budget, process_group,
+        )
+        return loss.float() if cast else loss
     loss, *_ = apply_layer(
         LinearCrossEntropyFunction,
         _ops.linear_cross_entropy_forward.default,

@@ -43,14 +43,14 @@ class SoftmaxCrossEntropyLoss(nn.Module):
     """A drop-in for ``nn.CrossEntropyLoss``: softmax over dim 1 and cross-entropy fused, with a
     hand-written backward. Same arguments, defaults, values, gradients and state_dict keys; ``weight``
     is a buffer, so it follows the module's ``.to()``. Besides them (keyword-only) the z-loss
-    (``lse_square_scale``) and the ``softcap`` of the logits; see
-    ``torch_manualbp.functional.softmax_cross_entropy``.
+    (``lse_square_scale``) and the ``softcap`` of the logits, and ``process_group`` (vocab-parallel: the input
+    is this rank's block of the classes); see ``torch_manualbp.functional.softmax_cross_entropy``.
     """
 
     __constants__ = ["ignore_index", "reduction", "label_smoothing", "lse_square_scale", "softcap"]
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
-                 lse_square_scale=0.0, softcap=None):
+                 lse_square_scale=0.0, softcap=None, process_group=None):
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
@@ -58,6 +58,8 @@ class SoftmaxCrossEntropyLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.lse_square_scale = lse_square_scale
         self.softcap = softcap
+        # Vocab-parallel: the input is this rank's block of the classes (functional.softmax_cross_entropy).
+        self.process_group = process_group
 
     def forward(self, input, target):
         return softmax_cross_entropy(
@@ -69,6 +71,7 @@ class SoftmaxCrossEntropyLoss(nn.Module):
             label_smoothing=self.label_smoothing,
             lse_square_scale=self.lse_square_scale,
             softcap=self.softcap,
+            process_group=self.process_group,
         )
 
     def extra_repr(self):
@@ -86,14 +89,16 @@ class LinearCrossEntropyLoss(nn.Module):
     Same arguments, defaults, submodule and state_dict keys (``linear.weight``, ``linear.bias``, the class
     ``weight`` buffer), so a checkpoint of torch's module loads unchanged; besides them the z-loss
     (``lse_square_scale``), the ``softcap`` of the logits, and ``chunk_budget`` (bytes of logits held at once;
-    an attribute, so it may be changed between calls). See ``torch_manualbp.functional.linear_cross_entropy``.
+    an attribute, so it may be changed between calls). With ``process_group`` (vocab-parallel) ``num_classes``,
+    ``linear`` and ``weight`` are this rank's contiguous block of the classes, blocks in rank order. See
+    ``torch_manualbp.functional.linear_cross_entropy``.
     """
 
     __constants__ = ["num_classes", "reduction", "ignore_index", "label_smoothing", "lse_square_scale", "softcap"]
 
     def __init__(self, in_features, num_classes, *, bias=False, device=None, dtype=None, reduction="mean",
                  weight=None, ignore_index=-100, label_smoothing=0.0, lse_square_scale=0.0, softcap=None,
-                 chunk_budget=None):
+                 chunk_budget=None, process_group=None):
         if weight is not None and weight.shape != (num_classes,):
             raise RuntimeError(f"expected weight shape to be {(num_classes,)}, got {tuple(weight.shape)}")
         if label_smoothing < 0 or label_smoothing > 1.0:
@@ -108,6 +113,9 @@ class LinearCrossEntropyLoss(nn.Module):
         self.lse_square_scale = lse_square_scale
         self.softcap = softcap
         self.chunk_budget = chunk_budget
+        # Vocab-parallel: num_classes, linear and weight are this rank's block of the classes
+        # (functional.linear_cross_entropy).
+        self.process_group = process_group
 
     def forward(self, input, target):
         return linear_cross_entropy(
@@ -122,6 +130,7 @@ class LinearCrossEntropyLoss(nn.Module):
             lse_square_scale=self.lse_square_scale,
             softcap=self.softcap,
             chunk_budget=self.chunk_budget,
+            process_group=self.process_group,
         )
 
     def extra_repr(self):

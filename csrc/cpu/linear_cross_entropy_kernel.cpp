@@ -21,6 +21,12 @@
 // (the softcap and its derivative, the cross-entropy and z-loss from the sums, the factor of e_c in the
 // gradient) is cpu/cross_entropy_position.h, shared with the SoftmaxCrossEntropy loops; the sweeps are this
 // file's.
+//
+// Two more modes serve the vocab-parallel losses (csrc/vocab_parallel.cpp, where the combination is derived),
+// whose row holds one rank's block of the classes:
+//   partial statistics      sweeps 1 and 2 only, writing m_r, S_r, lin_r, A_r, z_t, w_t (PartialStatistic)
+//   gradient from given     sweep 1 (bias and softcap) and sweep 3 with m, S, A, lse replaced by the global
+//   statistics              M, S, A, lse of the row's token (GivenStatistic): y_c = exp(z'_c - M) / S
 #include "cpu/linear_cross_entropy_kernel.h"
 
 #include <c10/util/BFloat16.h>
@@ -70,10 +76,14 @@ inline void store(const Vec& v, typename Vec::value_type* p, int64_t count) {
 
 // What one call knows about every row: LossConstants (cpu/cross_entropy_position.h), shared with the
 // SoftmaxCrossEntropy loops, as the cross-entropy, z-loss and softcap math below.
+// A block of the classes (vocab-parallel): the smoothing's eps / C is over all total_classes; the total weight
+// stays the block's own (W_r, summed over the blocks when they are combined).
 template <typename acc_t>
 LossConstants<acc_t> row_constants(const LogitsChunk& chunk) {
-  return LossConstants<acc_t>(
+  LossConstants<acc_t> k(
       chunk.classes, chunk.class_weight, chunk.label_smoothing, chunk.lse_square_scale, chunk.softcap);
+  if (chunk.total_classes > 0) k.smooth = acc_t(chunk.label_smoothing) / acc_t(chunk.total_classes);
+  return k;
 }
 
 // Sweep 1: work_c = z'_c (bias added, softcap applied) written where `store` says, and the row's max.
@@ -246,6 +256,80 @@ inline void fill_row(T* row, int64_t n, acc_t value) {
   std::fill(row, row + n, static_cast<T>(value));
 }
 
+// The class of row r's index target within the row's classes; -1 for probability targets and for a block of
+// the classes that does not hold it (vocab-parallel).
+inline int64_t local_target(const LogitsChunk& chunk, int64_t r) {
+  if (chunk.target_index == nullptr) return -1;
+  const int64_t t = chunk.target_index[r] - chunk.class_offset;
+  return t >= 0 && t < chunk.classes ? t : -1;
+}
+
+// A row whose target is ignore_index: zero loss and gradient; partials m = 0, S = 1, the rest 0 (finite, so
+// that their combination stays finite; the combination gives the token zero weight).
+template <typename T, typename acc_t>
+void ignored_row(int64_t C, T* row, const ChunkLosses& losses, const ChunkGradient& gradient_args, int64_t r) {
+  if (losses.cross_entropy != nullptr) static_cast<acc_t*>(losses.cross_entropy)[r] = acc_t(0);
+  if (losses.z_loss != nullptr) static_cast<acc_t*>(losses.z_loss)[r] = acc_t(0);
+  if (losses.statistics != nullptr) {
+    acc_t* out = static_cast<acc_t*>(losses.statistics) + r * kPartialStatistics;
+    std::fill(out, out + kPartialStatistics, acc_t(0));
+    out[kPartialSum] = acc_t(1);
+  }
+  if (gradient_args.wanted && losses.statistics == nullptr) std::fill(row, row + C, static_cast<T>(0));
+}
+
+// The partial-statistics mode, after sweep 1 (z'_c in work, m its max): sweep 2 and the PartialStatistic
+// columns. A row of only -inf (a block whose classes are all masked) sums relative to 0: S_r = 0, and its
+// A_r still counts.
+template <typename T, typename acc_t, Linear kLinear>
+void partial_statistics(
+    const LossConstants<acc_t>& k, acc_t* work, const T* p_row, int64_t t, acc_t m, acc_t* out, acc_t* p_buffer) {
+  if (std::isnan(m) || m == kInf<acc_t>) {
+    std::fill(out, out + kPartialStatistics, kNaN<acc_t>);
+    out[kPartialTargetWeight] = t >= 0 ? k.class_weight(t) : acc_t(0);
+    return;
+  }
+  const bool empty = m == -kInf<acc_t>;
+  const ExpSums<acc_t> sums = exponentials<T, acc_t, kLinear, false>(k, work, p_row, empty ? acc_t(0) : m, p_buffer);
+  out[kPartialMax] = m;
+  out[kPartialSum] = sums.sum;
+  out[kPartialLinear] = empty ? acc_t(0) : sums.linear;
+  out[kPartialCoefficient] = kLinear == Linear::kProbability ? sums.coef : k.total_weight;
+  out[kPartialTargetLogit] = t >= 0 ? work[t] : acc_t(0);
+  out[kPartialTargetWeight] = t >= 0 ? k.class_weight(t) : acc_t(0);
+}
+
+// The gradient-from-given-statistics mode, after sweep 1 (z'_c in work): sweep 3 with the global M, S, A, lse.
+template <typename T, typename acc_t, Linear kLinear>
+void gradient_from_statistics(
+    const LossConstants<acc_t>& k, const ChunkGradient& gradient_args, acc_t* work, T* row, const T* p_row,
+    T* grad_target_row, int64_t t, int64_t r, acc_t* p_buffer, acc_t* convert_buffer) {
+  const acc_t* given = static_cast<const acc_t*>(gradient_args.statistics) + r * kGivenStatistics;
+  const acc_t M = given[kGivenMax], log_s = given[kGivenLogSum], A = given[kGivenCoefficient];
+  const acc_t lse = given[kGivenLse];
+  if (!std::isfinite(M) || !std::isfinite(log_s)) {  // as the unsharded row: NaN
+    fill_row(row, k.classes, kNaN<acc_t>);
+    if (grad_target_row != nullptr) fill_row(grad_target_row, k.classes, kNaN<acc_t>);
+    return;
+  }
+  const acc_t k_ce = row_scale<acc_t>(gradient_args.ce_scale, gradient_args.per_row, r);
+  const acc_t k_z = row_scale<acc_t>(gradient_args.z_scale, gradient_args.per_row, r);
+  const acc_t p_coef = softmax_factor(k, k_ce, A, k_z, lse, std::exp(-log_s));
+  const bool softcap = k.softcap > 0;
+  acc_t target_term = 0;
+  if (t >= 0) {
+    target_term = k_ce * k.keep * k.class_weight(t);
+    if (softcap) target_term *= softcap_derivative(work[t], k);
+  }
+  if (softcap) {
+    gradient<T, acc_t, kLinear, false, true>(
+        k, work, row, p_row, grad_target_row, t, target_term, M, lse, p_coef, k_ce, p_buffer, convert_buffer);
+  } else {
+    gradient<T, acc_t, kLinear, false, false>(
+        k, work, row, p_row, grad_target_row, t, target_term, M, lse, p_coef, k_ce, p_buffer, convert_buffer);
+  }
+}
+
 // One row from start to end. `bias`: (classes,) in acc_t or nullptr. `scratch`: classes acc_t
 // (reduced-precision rows only); p_buffer: kTargetBlock acc_t; convert_buffer: 2 * kTargetBlock acc_t.
 template <typename T, Linear kLinear, typename acc_t = at::opmath_type<T>>
@@ -258,6 +342,10 @@ void process_row(
   T* grad_target_row =
       gradient_args.grad_target != nullptr ? static_cast<T*>(gradient_args.grad_target) + r * C : nullptr;
   const bool softcap = k.softcap > 0;
+  if (kLinear != Linear::kProbability && chunk.target_index[r] == chunk.ignore_index) {
+    ignored_row<T, acc_t>(C, row, losses, gradient_args, r);
+    return;
+  }
 
   // Sweep 1. `work` is the row in acc_t: the logits row itself for float/double, `scratch` otherwise.
   acc_t* work;
@@ -280,7 +368,17 @@ void process_row(
 
   acc_t* ce_out = static_cast<acc_t*>(losses.cross_entropy);
   acc_t* z_out = static_cast<acc_t*>(losses.z_loss);
-  const int64_t t = kLinear == Linear::kProbability ? -1 : chunk.target_index[r];
+  // The target's class within this row (-1: probability targets, or a block that does not hold it).
+  const int64_t t = local_target(chunk, r);
+  if (losses.statistics != nullptr) {
+    partial_statistics<T, acc_t, kLinear>(k, work, p_row, t, m, static_cast<acc_t*>(losses.statistics) + r * kPartialStatistics, p_buffer);
+    return;
+  }
+  if (gradient_args.statistics != nullptr) {
+    gradient_from_statistics<T, acc_t, kLinear>(
+        k, gradient_args, work, row, p_row, grad_target_row, t, r, p_buffer, convert_buffer);
+    return;
+  }
   if (!std::isfinite(m)) {  // NaN, +inf, or only -inf: torch's softmax and loss are NaN
     if (ce_out != nullptr) ce_out[r] = kNaN<acc_t>;
     if (z_out != nullptr) z_out[r] = kNaN<acc_t>;

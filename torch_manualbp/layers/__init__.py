@@ -17,6 +17,7 @@ hessian = jacfwd(jacrev)).
 Importing this package registers everything (the ops themselves come from torch_manualbp._C).
 """
 from . import linear_cross_entropy, linear_sigmoid, softmax_cross_entropy  # noqa: F401  (registrations on the ops)
+from . import vocab_parallel  # noqa: F401  (the vocab-parallel losses; fake kernels of their ops)
 from .linear_cross_entropy import LinearCrossEntropyFunction
 from .linear_sigmoid import LinearSigmoidFunction
 from .softmax_cross_entropy import SoftmaxCrossEntropyFunction
