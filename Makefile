@@ -44,7 +44,7 @@ test: $(VENV)/.built
 # checked over the same option grid by test_matches_composite_over_option_grid) and the test that itself
 # starts a process at the DEFAULT level.
 SIMD_TEST_FILES ?= test_linear_sigmoid.py test_softmax_cross_entropy.py test_softmax_cross_entropy_options.py \
-	test_linear_cross_entropy.py \
+	test_linear_cross_entropy.py test_vocab_parallel.py \
 	test_properties.py test_extreme.py test_blocking_edges.py test_class_index_checks.py
 SIMD_PYTEST_ARGS ?= -q -m "not slow" -k "not test_gradcheck_and_gradgradcheck and not test_forced_default_simd_level"
 test-simd: $(VENV)/.built
@@ -116,7 +116,7 @@ cuda-resources: $(CUDA_VENV)/.built
 RANGE_PYTEST_ARGS := -m "not slow" test_linear_sigmoid.py test_linear_sigmoid_module.py test_softmax_cross_entropy.py \
 	test_softmax_cross_entropy_options.py test_linear_cross_entropy.py test_linear_cross_entropy_module.py \
 	test_double_backward.py test_compile.py test_export.py test_transforms.py test_autocast.py test_opcheck.py \
-	test_cuda.py test_build_config.py test_install.py
+	test_cuda.py test_build_config.py test_install.py test_vocab_parallel.py
 
 # `make test-torch TORCH_VERSION=2.4.1 VENV=.venv-torch-2.4.1`: the same build and suite against another torch
 # release, in its own environment (the oldest supported one in CI: README, Install). The registry's torch
