@@ -3,8 +3,9 @@ layer's loss computed by torch_manualbp's fused linear_cross_entropy, once throu
 
 The model: a token embedding of the corpus vocabulary (tens of thousands of words and word runs, _corpus.py),
 two causal transformer layers, and an output layer tied to the embedding (logits = h E^T). At 1024 tokens a
-step and 43k classes the unfused head's logits, their softmax and their gradient are the largest tensors of
-the step (each 1024 x 43k floats); the fused layer holds one chunk of them.
+step and a vocabulary of that size the unfused head's logits, their softmax and their gradient are the
+largest tensors of the step (each 1024 x vocabulary floats, printed at the start); the fused layer holds one
+chunk of them.
 
 Each variant runs in a process of its own, so that its peak memory (the high-water mark of its resident
 memory, less what the process held before training) is its own. Prints the loss curves side by side, the
