@@ -88,7 +88,8 @@ def _composite_loss(input, linear_weight, linear_bias, target, weight, options):
     )
     if probability:
         kept = torch.ones(per_token.shape, dtype=torch.bool, device=per_token.device)
-        ce_normalizer = per_token.new_tensor(float(per_token.numel()))
+        # (a factory call, not per_token.new_tensor: torch 2.4's functorch refuses that under nested vjp)
+        ce_normalizer = torch.full((), float(per_token.numel()), dtype=per_token.dtype, device=per_token.device)
     else:
         kept = flat_target != ignore_index
         class_weight = logits.new_ones(logits.shape[-1]) if weight is None else weight
