@@ -25,6 +25,10 @@ __all__ = ["NESTED_VMAP_SUPPORTED", "check_nested_vmap", "is_autocast_available"
 
 TORCH_RELEASE = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
 NESTED_VMAP_SUPPORTED = TORCH_RELEASE >= (2, 8)
+# A double backward that runs torch.func.vjp inside a graph being traced (torch.compile / AOT autograd of a
+# backward of a backward): torch 2.4's functorch crashed the process there; refused below the release where
+# nested functorch was found to work (see NESTED_VMAP_SUPPORTED).
+TRACED_FUNCTORCH_SUPPORTED = NESTED_VMAP_SUPPORTED
 
 
 def _register_vmap_before_2_5(qualname, func=None, /, *, lib=None):
@@ -97,4 +101,15 @@ def check_nested_vmap():
             "torch_manualbp: its layers under nested vmap (torch.func.hessian, jacrev or jacfwd of a jacobian, "
             f"vmap of vmap) need torch 2.8 or newer; torch {torch.__version__} fails inside torch.func there. "
             "One vmap level (vmap, jacrev, jacfwd, vmap(grad) for per-sample gradients) and grad, vjp, jvp work."
+        )
+
+
+def check_traced_functorch(what):
+    """Call where torch.func runs inside a backward: RuntimeError where this torch cannot do that while tracing."""
+    if TRACED_FUNCTORCH_SUPPORTED:
+        return
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        raise RuntimeError(
+            f"torch_manualbp: {what} under torch.compile or AOT tracing needs torch 2.8 or newer; torch "
+            f"{torch.__version__} crashes inside torch.func there. It works in eager mode."
         )

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
-from .._compat import register_vmap
+from .._compat import check_traced_functorch, register_vmap
 from ._common import (
     LOWER_PRECISION,
     NonTensorArgs,
@@ -286,6 +286,7 @@ class LinearCrossEntropyBackwardFunction(torch.autograd.Function):
     def _linearised(ctx):
         """(gradients, vjp) of _composite_gradients at the saved point, over the differentiable tensors (grad_loss
         first), and their positions among (grad_loss, input, linear_weight, linear_bias, target)."""
+        check_traced_functorch("the double backward of linear_cross_entropy")
         grad_loss, input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
         points = (grad_loss, input, linear_weight, linear_bias, target)
         kept = [0] + [i + 1 for i, d in enumerate(_differentiable(input, linear_weight, linear_bias, target)) if d]
