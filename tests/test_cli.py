@@ -96,6 +96,9 @@ def test_bench_shape_picks_cases(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "softmax_cross_entropy 8192x1000" in result.stdout
     assert "8x21x32x32" not in result.stdout
+    result = run_cli(*quick, "--min-run-time", "0.05", "--shape", "8192x1000", "--skip", "eager", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "left out (--skip)" in result.stdout and "| fwd+bwd | torch_manualbp |" in result.stdout
     result = run_cli(*quick, "--shape", "3x3", cwd=tmp_path)
     assert result.returncode != 0
     assert "--shape 3x3 is not a case" in result.stderr and "8192x1000" in result.stderr

@@ -118,6 +118,10 @@ def add_arguments(parser):
     parser.add_argument("--no-simd-check", action="store_true", help="skip the ATEN_CPU_CAPABILITY=default check")
     parser.add_argument("--quick", action="store_true", help="small shapes, short timings (a smoke test)")
     parser.add_argument(
+        "--skip", action="append", metavar="CONTENDER",
+        help='repeatable; leave this contender out, shown as n/a (e.g. "torch chunked", the slowest)',
+    )
+    parser.add_argument(
         "--shape", action="append", metavar="LABEL",
         help="repeatable; only the cases of this label, as the report prints it (e.g. 2048x512->32768, 8192x1000)",
     )
@@ -192,6 +196,9 @@ def _measure_case(case, args):
         "dtype": cases_lib.dtype_name(case.dtype), "work_unit": case.work_unit,
         "reference": case.reference_name, "reference_bytes": case.reference_bytes, "passes": {}, "memory": {},
     }
+    for contender in contenders:
+        if contender.name in (args.skip or []):
+            contender.missing = "left out (--skip)"
     # First calls (torch.compile compiles here): a failure marks the contender n/a, with the reason.
     for contender in contenders:
         for fn in (contender.fwd, contender.fwd_bwd):
