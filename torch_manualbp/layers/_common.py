@@ -3,10 +3,11 @@
   eager path     may_skip_autograd, call_kernel, forward_ad_possible, functorch_active, apply_layer
   backward ops   NonTensorArgs, register_backward_op_autograd
   autocast       LOWER_PRECISION, FLOAT32, cast_for_autocast, register_autocast
-  checks         check_tensor, check_reduction, check_int, check_float
+  checks         check_tensor, check_reduction, check_int, check_float, check_loss_options (fake kernels)
   batching       batch_first, right_aligned, per_sample (helpers of the register_vmap rules)
 """
 import dataclasses
+import math
 
 import torch
 
@@ -215,3 +216,19 @@ def per_sample(op, info, in_dims, args):
         stacked = tuple(torch.stack(parts) for parts in zip(*results))
         return stacked, (0,) * len(stacked)
     return torch.stack(results), 0
+
+
+def check_loss_options(op, label_smoothing, lse_square_scale, softcap):
+    """The cross-entropy options every loss op takes, checked as its C++ does (same messages): fake kernels."""
+    torch._check(
+        0.0 <= label_smoothing <= 1.0,
+        lambda: f"{op}: label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}",
+    )
+    torch._check(
+        math.isfinite(lse_square_scale) and lse_square_scale >= 0.0,
+        lambda: f"{op}: expected lse_square_scale to be a finite number >= 0, but got lse_square_scale={lse_square_scale}",
+    )
+    torch._check(
+        softcap is None or (math.isfinite(softcap) and softcap > 0.0),
+        lambda: f"{op}: expected softcap to be None or a finite number > 0, but got softcap={softcap}",
+    )

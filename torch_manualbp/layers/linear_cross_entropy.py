@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_map
 
 from .._compat import check_traced_functorch, register_vmap
 from ._common import (
+    check_loss_options,
     LOWER_PRECISION,
     NonTensorArgs,
     batch_first,
@@ -345,17 +346,7 @@ def _shapes(op, input, linear_weight, linear_bias, target, weight, reduction, ig
         reduction in ("none", "mean", "sum"),
         lambda: f"{reduction} is not a valid value for reduction (expected 'none', 'mean' or 'sum')",
     )
-    torch._check(
-        0.0 <= label_smoothing <= 1.0, lambda: f"{op}: label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}"
-    )
-    torch._check(
-        lse_square_scale >= 0.0,
-        lambda: f"{op}: expected lse_square_scale to be a finite number >= 0, but got lse_square_scale={lse_square_scale}",
-    )
-    torch._check(
-        softcap is None or softcap > 0.0,
-        lambda: f"{op}: expected softcap to be None or a finite number > 0, but got softcap={softcap}",
-    )
+    check_loss_options(op, label_smoothing, lse_square_scale, softcap)
     torch._check(
         chunk_budget > 0,
         lambda: f"{op}: expected chunk_budget (bytes of logits held at once) > 0, but got chunk_budget={chunk_budget}",

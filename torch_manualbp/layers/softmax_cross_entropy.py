@@ -18,13 +18,13 @@ here: the Functions' backward as their autograd (register_autograd), fake kernel
 the C++ does (same messages), batching rules for torch.vmap, and autocast kernels (F.cross_entropy's
 rule: float32).
 """
-import math
 from types import SimpleNamespace
 
 import torch
 
 from .._compat import register_vmap
 from ._common import (
+    check_loss_options,
     FLOAT32,
     NonTensorArgs,
     batch_first,
@@ -404,18 +404,7 @@ def _softmax_cross_entropy_shapes(
             list(target.shape) == positions,
             lambda: f"{op}: expected target of shape {positions} (class indices: the input's shape without the class dim 1) or {list(input.shape)} (class probabilities), but got target of shape {list(target.shape)} for input of shape {list(input.shape)}",
         )
-    torch._check(
-        0.0 <= label_smoothing <= 1.0,
-        lambda: f"{op}: label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}",
-    )
-    torch._check(
-        math.isfinite(lse_square_scale) and lse_square_scale >= 0.0,
-        lambda: f"{op}: expected lse_square_scale to be a finite number >= 0, but got lse_square_scale={lse_square_scale}",
-    )
-    torch._check(
-        softcap is None or (math.isfinite(softcap) and softcap > 0.0),
-        lambda: f"{op}: expected softcap to be None or a finite number > 0, but got softcap={softcap}",
-    )
+    check_loss_options(op, label_smoothing, lse_square_scale, softcap)
     if weight is not None:
         torch._check(
             weight.dtype == input.dtype,

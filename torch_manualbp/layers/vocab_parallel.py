@@ -55,6 +55,7 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
+from ._common import check_loss_options
 from .linear_cross_entropy import _shapes as _linear_shapes
 
 _ops = torch.ops.torch_manualbp
@@ -395,20 +396,6 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias, weight, redu
 # ---- fake kernels: shapes and dtypes, the C++ checks with their messages ---------------------------------
 
 
-def _check_options(op, label_smoothing, lse_square_scale, softcap):
-    torch._check(
-        0.0 <= label_smoothing <= 1.0, lambda: f"{op}: label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}"
-    )
-    torch._check(
-        lse_square_scale >= 0.0,
-        lambda: f"{op}: expected lse_square_scale to be a finite number >= 0, but got lse_square_scale={lse_square_scale}",
-    )
-    torch._check(
-        softcap is None or softcap > 0.0,
-        lambda: f"{op}: expected softcap to be None or a finite number > 0, but got softcap={softcap}",
-    )
-
-
 def _check_block(op, class_offset, classes, total_classes):
     torch._check(
         class_offset >= 0 and total_classes >= class_offset + classes and total_classes > 0,
@@ -471,7 +458,7 @@ def _check_statistics(op, statistics, ce_scale, z_scale, tokens, input):
 @torch.library.register_fake("torch_manualbp::vocab_parallel_cross_entropy_statistics")
 def _statistics_fake(input, target, weight, ignore_index, label_smoothing, softcap, class_offset, total_classes):
     op = "vocab_parallel_cross_entropy_statistics"
-    _check_options(op, label_smoothing, 0.0, softcap)
+    check_loss_options(op, label_smoothing, 0.0, softcap)
     _check_logits(op, input, target, weight)
     _check_block(op, class_offset, input.shape[1], total_classes)
     return input.new_empty((input.shape[0], 6), dtype=_accumulation_dtype(input.dtype))
@@ -481,7 +468,7 @@ def _statistics_fake(input, target, weight, ignore_index, label_smoothing, softc
 def _gradient_fake(input, target, weight, statistics, ce_scale, z_scale, ignore_index, label_smoothing,
                    lse_square_scale, softcap, class_offset, total_classes, output_mask):
     op = "vocab_parallel_cross_entropy_gradient"
-    _check_options(op, label_smoothing, lse_square_scale, softcap)
+    check_loss_options(op, label_smoothing, lse_square_scale, softcap)
     probability = _check_logits(op, input, target, weight)
     _check_block(op, class_offset, input.shape[1], total_classes)
     _check_statistics(op, statistics, ce_scale, z_scale, input.shape[0], input)
