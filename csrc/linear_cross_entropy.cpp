@@ -334,11 +334,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
   Prepared p = prepare(
       check_linear_cross_entropy_backward(grad_loss, input, linear_weight, linear_bias, target, weight, options),
       options, input, linear_bias, target, weight);
-  Wanted wanted;
-  wanted.input = output_mask[0];
-  wanted.weight = output_mask[1];
-  wanted.bias = output_mask[2] && p.bias.defined();
-  wanted.target = output_mask[3] && p.shape.target_kind == TargetKind::kProbability;
+  const Wanted wanted = Wanted::from_mask(output_mask, p.bias.defined(), p.shape.target_kind);
   const auto nothing = [&] { return unrequested_output(input); };
   if (!wanted.any()) return {nothing(), nothing(), nothing(), nothing()};
 

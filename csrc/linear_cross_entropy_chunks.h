@@ -4,6 +4,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
+
 #include "linear_cross_entropy_args.h"
 #include "linear_cross_entropy_driver.h"
 
@@ -22,6 +24,17 @@ struct TokenSelection {
 struct Wanted {
   bool input = false, weight = false, bias = false, target = false;
   bool any() const { return input || weight || bias || target; }
+
+  // A backward op's output_mask (input, linear_weight, linear_bias, target), less the gradients that cannot
+  // exist: no bias, or index targets.
+  static Wanted from_mask(const std::array<bool, 4>& output_mask, bool has_bias, TargetKind target_kind) {
+    Wanted wanted;
+    wanted.input = output_mask[0];
+    wanted.weight = output_mask[1];
+    wanted.bias = output_mask[2] && has_bias;
+    wanted.target = output_mask[3] && target_kind == TargetKind::kProbability;
+    return wanted;
+  }
 };
 
 // Vocab-parallel calls: the block of the classes the weight's rows are (LogitsChunkTensors), and the row

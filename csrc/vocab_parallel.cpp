@@ -275,11 +275,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vocab_parallel_linear
   LinearBlock b = prepare_linear(
       kLinearGradient, input, linear_weight, linear_bias, target, weight, options, class_offset, total_classes);
   check_statistics(kLinearGradient, statistics, ce_scale, z_scale, b.shape.tokens, input);
-  Wanted wanted;
-  wanted.input = output_mask[0];
-  wanted.weight = output_mask[1];
-  wanted.bias = output_mask[2] && b.bias.defined();
-  wanted.target = output_mask[3] && b.shape.target_kind == TargetKind::kProbability;
+  const Wanted wanted = Wanted::from_mask(output_mask, b.bias.defined(), b.shape.target_kind);
   const auto nothing = [&] { return unrequested_output(input); };
   if (!wanted.any()) return {nothing(), nothing(), nothing(), nothing()};
   const at::Tensor& kept = b.selection.rows;
