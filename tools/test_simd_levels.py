@@ -11,10 +11,17 @@ execute is skipped, with the reason printed: forcing it would stop the process w
 
 Every pytest run names its level in a banner and in pytest's header (conftest.py), and checks that the
 kernels really run at it (TORCH_MANUALBP_EXPECT_SIMD_LEVEL, conftest.py). Exits 1 if any run failed.
+
+Each level's run gets an empty TorchInductor cache of its own (TORCHINDUCTOR_CACHE_DIR, removed afterwards):
+torch.compile's on-disk cache does not key its compiled C++ on ATEN_CPU_CAPABILITY, so a run at AVX2 reusing
+what a run at AVX512 compiled computes wrong numbers (vectors of the wrong width), and one at DEFAULT fails to
+compile (seen with torch 2.13).
 """
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 LEVELS = ("DEFAULT", "AVX2", "AVX512")  # lowest first; the names of csrc/cpu/dispatch.h
@@ -61,9 +68,14 @@ def main(pytest_args):
             results.append((level, "skipped", "the native level: `make test` runs it", 0.0))
         else:
             print(f"\n==== SIMD level {level}: ATEN_CPU_CAPABILITY={level.lower()} ====", flush=True)
-            env = dict(os.environ, ATEN_CPU_CAPABILITY=level.lower(), TORCH_MANUALBP_EXPECT_SIMD_LEVEL=level)
+            inductor_cache = tempfile.mkdtemp(prefix=f"torchinductor-{level.lower()}-")
+            env = dict(os.environ, ATEN_CPU_CAPABILITY=level.lower(), TORCH_MANUALBP_EXPECT_SIMD_LEVEL=level,
+                       TORCHINDUCTOR_CACHE_DIR=inductor_cache)
             start = time.monotonic()
-            code = subprocess.run([sys.executable, "-m", "pytest", *pytest_args], env=env).returncode
+            try:
+                code = subprocess.run([sys.executable, "-m", "pytest", *pytest_args], env=env).returncode
+            finally:
+                shutil.rmtree(inductor_cache, ignore_errors=True)
             results.append((level, "passed" if code == 0 else f"FAILED (pytest exit code {code})", "",
                             time.monotonic() - start))
     print("\nSIMD levels:")
