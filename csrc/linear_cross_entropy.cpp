@@ -26,7 +26,7 @@
 // Chunks. The tokens are taken a chunk of n at a time, n = chunk_budget / (C * element size): a chunk's
 // logits Z_k = X_k W^T (one ATen GEMM) are turned by the row kernel into G_k in place, in cache, and then
 //   dX_k = G_k W      (rows of dX: each token is in exactly one chunk, nothing to accumulate)
-//   dW  += G_k^T X_k  (accumulated over chunks in acc: float32 for bfloat16/float16, then cast once)
+//   dW  += G_k^T X_k  (accumulated over chunks in acc: float32 for bfloat16/float16, rounded once)
 //   db  += sum_i G_k,i
 // so a forward+backward costs three GEMMs' worth, 6 N C D flops, with one chunk of logits alive. For the
 // scalar reductions the upstream gradient g is a single number: the forward computes dX, dW, db for g = 1
@@ -41,6 +41,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "cpu/linear_cross_entropy_kernel.h"
@@ -56,8 +57,63 @@ constexpr const char* kForward = "linear_cross_entropy";
 constexpr const char* kBackward = "linear_cross_entropy_backward";
 
 // Reduced precision: bytes of one block of a chunk's weight-gradient share (rounded by the GEMM, then added to
-// the float32 accumulator while it is still in cache).
+// the float32 sum while it is still in cache).
 constexpr int64_t kWeightShareBytes = int64_t(4) << 20;
+
+// The weight gradient dW = sum_k G_k^T X_k of a bfloat16/float16 input, summed in float32 and rounded once,
+// returned in the input's dtype. A reduced-precision GEMM rounds its output, so each chunk's share S_k is
+// exact as a bfloat16/float16 number; what must not be rounded is the running sum. With K chunks:
+//   K = 1:   dW = S_1, the GEMM writes it in place;
+//   K = 2:   S_1 is kept in dW itself, then dW = round(S_1 + S_2) (ATen adds reduced types in float32);
+//   K > 2:   the float32 sum A = S_1 + S_2, A += S_k, and the last chunk writes dW = round(A + S_K).
+// The same numbers as a float32 accumulator rounded at the end, with no float32 copy of dW at all up to two
+// chunks and none returned: a pass over dW fewer than accumulating everything in float32 and casting after.
+// Shares after the first are computed a block of classes at a time into a small buffer, read back from cache.
+class ReducedWeightGradient {
+ public:
+  ReducedWeightGradient(at::Tensor grad_weight, int64_t chunks)
+      : out_(std::move(grad_weight)), chunks_(chunks) {
+    const int64_t D = out_.size(1);
+    block_rows_ = std::max<int64_t>(
+        1, std::min<int64_t>(out_.size(0), kWeightShareBytes / std::max<int64_t>(1, D * out_.element_size())));
+    if (chunks_ > 1) share_ = at::empty({block_rows_, D}, out_.options());
+  }
+
+  // Adds chunk k's share G_k^T X_k (chunks in order, k = 0 .. chunks - 1).
+  void add(int64_t k, const at::Tensor& grad_logits, const at::Tensor& x_chunk) {
+    if (k == 0) {
+      at::mm_out(out_, grad_logits.t(), x_chunk);
+      return;
+    }
+    const bool last = k == chunks_ - 1;
+    if (k == 1 && !last) sum_ = empty_large(out_.sizes(), out_.options().dtype(at::kFloat));
+    const int64_t C = out_.size(0);
+    for (int64_t c0 = 0; c0 < C; c0 += block_rows_) {
+      const int64_t rows_here = std::min(block_rows_, C - c0);
+      at::Tensor share = share_.narrow(0, 0, rows_here);
+      at::mm_out(share, grad_logits.narrow(1, c0, rows_here).t(), x_chunk);
+      at::Tensor out = out_.narrow(0, c0, rows_here);
+      if (k == 1 && last) {
+        out.add_(share);  // round(S_1 + S_2), computed in float32
+      } else if (k == 1) {
+        at::Tensor sum = sum_.narrow(0, c0, rows_here);
+        sum.copy_(out);  // S_1 + S_2 in float32 (an add of two reduced tensors would round)
+        sum.add_(share);
+      } else if (!last) {
+        sum_.narrow(0, c0, rows_here).add_(share);
+      } else {
+        at::add_out(out, sum_.narrow(0, c0, rows_here), share);
+      }
+    }
+  }
+
+ private:
+  at::Tensor out_;    // (C, D), the input's dtype
+  int64_t chunks_;
+  int64_t block_rows_;
+  at::Tensor share_;  // (block_rows_, D), the input's dtype
+  at::Tensor sum_;    // (C, D) float32, only with more than two chunks
+};
 
 // CPU: one pass over the targets; ignored tokens leave the selection, an index outside [0, C) is an IndexError
 // (before any GEMM).
@@ -152,7 +208,7 @@ ChunkResults run_chunks(
   if (wanted.input) {
     out.grad_input = compacted ? at::zeros({shape.tokens, D}, options_in) : at::empty({shape.tokens, D}, options_in);
   }
-  if (wanted.weight) out.grad_weight = empty_large({C, D}, acc);
+  if (wanted.weight) out.grad_weight = empty_large({C, D}, options_in);
   if (wanted.bias) out.grad_bias = at::zeros({C}, acc);
   if (wanted.target) out.grad_target = empty_large({shape.tokens, C}, options_in);
   if (block.want_statistics) out.statistics = at::empty({M, cpu::kPartialStatistics}, acc);
@@ -165,9 +221,8 @@ ChunkResults run_chunks(
   const at::Tensor logits_buffer = empty_large({n_max, C}, options_in);
   at::Tensor x_buffer = compacted ? at::empty({n_max, D}, options_in) : at::Tensor();
   at::Tensor dx_buffer = compacted && wanted.input ? at::empty({n_max, D}, options_in) : at::Tensor();
-  const int64_t dw_block_rows =
-      std::max<int64_t>(1, std::min<int64_t>(C, kWeightShareBytes / std::max<int64_t>(1, D * x.element_size())));
-  at::Tensor dw_partial = reduced && wanted.weight ? at::empty({dw_block_rows, D}, options_in) : at::Tensor();
+  std::optional<ReducedWeightGradient> reduced_weight;
+  if (reduced && wanted.weight) reduced_weight.emplace(out.grad_weight, (M + n_max - 1) / n_max);
   const at::Tensor weight_t = linear_weight.t();
 
   LogitsChunkTensors chunk;
@@ -223,20 +278,7 @@ ChunkResults run_chunks(
           out.grad_weight.addmm_(grad_logits.t(), x_chunk);
         }
       } else {
-        // bfloat16/float16 GEMMs round their output to the input's dtype: each chunk's share is added to the
-        // float32 accumulator, so the rounding does not accumulate over chunks. A block of classes at a time,
-        // so that the rounded share is a small buffer read back from cache, not a second weight gradient.
-        for (int64_t c0 = 0; c0 < C; c0 += dw_block_rows) {
-          const int64_t rows_here = std::min(dw_block_rows, C - c0);
-          at::Tensor share = dw_partial.narrow(0, 0, rows_here);
-          at::mm_out(share, grad_logits.narrow(1, c0, rows_here).t(), x_chunk);
-          at::Tensor accumulator = out.grad_weight.narrow(0, c0, rows_here);
-          if (start == 0) {
-            accumulator.copy_(share);
-          } else {
-            accumulator.add_(share);
-          }
-        }
+        reduced_weight->add(start / n_max, grad_logits, x_chunk);
       }
     }
     if (wanted.bias) out.grad_bias.add_(grad_logits.sum(0, /*keepdim=*/false, acc_dtype));

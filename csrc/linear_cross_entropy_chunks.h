@@ -50,7 +50,7 @@ struct ClassBlock {
 struct ChunkResults {
   at::Tensor cross_entropy, z_loss;  // acc (M,), or undefined
   at::Tensor grad_input;             // input's dtype (N, D), or undefined
-  at::Tensor grad_weight;            // acc (C, D), or undefined
+  at::Tensor grad_weight;            // input's dtype (C, D) (summed in acc), or undefined
   at::Tensor grad_bias;              // acc (C,), or undefined
   at::Tensor grad_target;            // input's dtype (N, C), or undefined
   at::Tensor statistics;             // acc (M, 6), the partials (ClassBlock::want_statistics), or undefined

@@ -44,7 +44,8 @@ TORCH_LIBRARY(torch_manualbp, m) {
   // linear_bias), target, ...) plus the z-loss lse_square_scale * lse^2 and the softcap s * tanh(z / s), computed
   // chunk by chunk (chunk_budget bytes of logits at a time) without materialising the logits. grad_mask (scalar
   // reductions only): the gradients for an upstream gradient of 1, computed while each chunk is in cache
-  // (grad_linear_weight and grad_linear_bias in float32 for float16/bfloat16 input); the rest are empty.
+  // (grad_linear_weight summed in float32 and rounded once to a float16/bfloat16 input's dtype, grad_linear_bias
+  // float32 there); the rest are empty.
   m.def(
       "linear_cross_entropy_forward(Tensor input, Tensor linear_weight, Tensor? linear_bias, Tensor target, "
       "Tensor? weight, str reduction, SymInt ignore_index, float label_smoothing, float lse_square_scale, "

@@ -305,15 +305,42 @@ def test_reduced_precision_no_less_accurate_than_torchs_composite(dtype, options
             f"{name}: error {ours_error:.3g}, torch's {dtype} composite {native_error:.3g}")
 
 
-def test_bfloat16_weight_gradient_is_accumulated_in_float32_across_chunks():
-    # 64 chunks of one token each: a bfloat16 running sum would lose ~8 bits; the float32 one keeps the
-    # weight gradient within a bfloat16 rounding of the exact value.
-    x, w, b, t, _ = make_case((64,), 16, 40, ignored=False)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("chunks", [1, 2, 3, 64])
+def test_reduced_precision_weight_gradient_is_summed_in_float32_across_chunks(dtype, chunks):
+    # 64 tokens in `chunks` chunks (64: one token each): a running sum in the reduced dtype would lose ~8 bits
+    # (bfloat16) over 64 chunks; the float32 one, rounded once, keeps the weight gradient within a rounding of
+    # the exact value however the tokens are chunked.
+    tokens, classes = 64, 40
+    budget = -(-tokens // chunks) * classes * torch.finfo(dtype).bits // 8  # the logits of ceil(64 / chunks) tokens
+    x, w, b, t, _ = make_case((tokens,), 16, classes, ignored=False)
     exact = loss_and_grads(reference, x, w, b, t)[2]
-    ours = loss_and_grads(linear_cross_entropy, x.bfloat16(), w.bfloat16(), b, t, chunk_budget=TINY_BUDGET)[2]
-    rounding = (exact.bfloat16().double() - exact).abs().max().item()
-    exact_of_rounded = loss_and_grads(reference, x.bfloat16().double(), w.bfloat16().double(), b, t)[2]
+    ours = loss_and_grads(linear_cross_entropy, x.to(dtype), w.to(dtype), b, t, chunk_budget=budget)[2]
+    assert ours.dtype == dtype
+    rounding = (exact.to(dtype).double() - exact).abs().max().item()
+    exact_of_rounded = loss_and_grads(reference, x.to(dtype).double(), w.to(dtype).double(), b, t)[2]
     assert (ours.double() - exact_of_rounded).abs().max().item() <= 4 * rounding
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_gradients_computed_ahead(dtype):
+    # The forward op's ahead gradients for g = 1: the weight gradient already rounded to the input's dtype
+    # (autograd takes it as it is), the bias gradient in float32; both match the float64 composite.
+    x, w, b, t, _ = make_case((50,), 16, 300, bias=True)
+    x, w, b = x.to(dtype), w.to(dtype), b.to(dtype)
+    for budget in (1 << 20, 16 * 300 * 2, 1):  # one, four, fifty chunks
+        loss, gx, gw, gb = LinearCrossEntropyFunction.apply(
+            x, w, b, t, None, "mean", -100, 0.0, 0.0, None, [True, True, True], budget)
+        assert (gx.dtype, gw.dtype, gb.dtype) == (dtype, dtype, torch.float32)
+        ref = loss_and_grads(reference, x.double(), w.double(), b.double(), t,
+                             grad_output=torch.tensor(1.0, dtype=torch.float64))
+        for name, a, r in zip(("input", "linear_weight", "linear_bias"), (gx, gw, gb), ref[1:]):
+            tolerance = 8 * torch.finfo(dtype).eps * r.abs().max().item()
+            assert (a.double() - r).abs().max().item() <= tolerance, (name, budget)
+        torch.library.opcheck(
+            torch.ops.torch_manualbp.linear_cross_entropy_forward.default,
+            (x, w, b, t, None, "mean", -100, 0.0, 0.0, None, [True, True, True], budget),
+            test_utils=("test_schema", "test_faketensor"))
 
 
 # ---- memory -----------------------------------------------------------------------------------------

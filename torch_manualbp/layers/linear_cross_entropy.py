@@ -430,7 +430,7 @@ def _forward_fake(input, linear_weight, linear_bias, target, weight, reduction, 
     return (
         input.new_empty(loss_shape),
         input.new_empty(input.shape) if grad_mask[0] else nothing,
-        input.new_empty(linear_weight.shape, dtype=acc) if grad_mask[1] else input.new_empty((0,)),
+        input.new_empty(linear_weight.shape) if grad_mask[1] else input.new_empty((0,)),
         input.new_empty((linear_weight.shape[0],), dtype=acc) if grad_mask[2] and linear_bias is not None
         else input.new_empty((0,)),
     )
