@@ -400,7 +400,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
   const at::ScalarType dtype = input.scalar_type();
   return {
       wanted.input ? r.grad_input.view(input.sizes()) : nothing(),
-      wanted.weight ? r.grad_weight.to(dtype) : nothing(),
+      wanted.weight ? r.grad_weight : nothing(),  // already in the input's dtype
       wanted.bias ? r.grad_bias.to(dtype) : nothing(),
       wanted.target ? r.grad_target.view(target.sizes()) : nothing()};
 }

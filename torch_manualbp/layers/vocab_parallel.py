@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from ._common import check_loss_options
-from .linear_cross_entropy import _shapes as _linear_shapes
+from .linear_cross_entropy import _accumulation_dtype, _shapes as _linear_shapes
 
 _ops = torch.ops.torch_manualbp
 _NO_TARGET_MIN = 2**63 - 1
@@ -244,10 +244,6 @@ def gradient_scales(call, grad_loss, kept, ce_normalizer, z_normalizer, acc_dtyp
         k_ce = k_z = g
     zero = torch.zeros((), dtype=torch.float64, device=kept.device)
     return torch.where(kept, k_ce, zero).to(acc_dtype), torch.where(kept, k_z, zero).to(acc_dtype)
-
-
-def _accumulation_dtype(dtype):
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 # ---- softmax_cross_entropy ------------------------------------------------------------------------------
